@@ -1,0 +1,236 @@
+"""`parity`: list variants, convert them, dump originals, diff dumps, re-render reports, export schemas.
+
+Exit codes: 0 every variant passed; 1 a variant failed parity; 2 bad input or an error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import ParityError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+stdout = Console()
+
+
+class BackendName(str, Enum):
+    local = "local"
+    docker = "docker"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ParityError as exc:
+            console.print(f"[bold red]parity: error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]parity: interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
+BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where both sides run.")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
+
+
+def _threads(recipe, threads: int | None) -> int:
+    import os
+
+    return threads or (1 if recipe.tiny else max(1, os.cpu_count() or 1))
+
+
+def _backend(name: BackendName | None, device: Device):
+    from orchestrator.backends import get_backend
+
+    backend = get_backend(name.value if name else None)
+    if hasattr(backend, "device"):
+        backend.device = device.value
+    return backend
+
+
+@app.command("list")
+@one_line_errors
+def list_variants(selector: Annotated[Optional[str], typer.Argument(help="Id or prefix.")] = None) -> None:
+    """Variants known to parity, with where their original checkpoint comes from."""
+    from orchestrator.registry import select
+
+    table = Table("id", "family", "origin", "checkpoint", "description")
+    for recipe in select(selector):
+        source = recipe.checkpoint
+        where = {"url": source.url, "generate": f"generated (seed {source.generate.seed if source.generate else ''})",
+                 "fixture": f"fixture {source.fixture}"}[source.kind]
+        table.add_row(recipe.id, recipe.family, recipe.origin, where, recipe.description)
+    stdout.print(table)
+
+
+def _summary(rows: list[tuple[str, str, str, str, float]]) -> None:
+    table = Table("variant", "verdict", "first divergence", "worst max-abs", "time")
+    colours = {"pass": "green", "fail": "red", "error": "red"}
+    for variant, verdict, first, worst, seconds in rows:
+        table.add_row(variant, f"[{colours[verdict]}]{verdict}[/]", first, worst, f"{seconds:.1f}s")
+    stdout.print(table)
+
+
+def _report_row(report, seconds: float) -> tuple[str, str, str, str, float]:
+    worst = max((c.max_abs or 0.0 for c in report.captures), default=0.0)
+    first = report.first_divergence or (report.error or "")
+    return report.variant, report.verdict, first, f"{worst:.2e}", seconds
+
+
+@app.command()
+@one_line_errors
+def convert(
+    selector: Annotated[str, typer.Argument(help="Variant id, or a prefix selecting several.")],
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+) -> None:
+    """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
+    from orchestrator.pipeline import convert as run_convert
+    from orchestrator.registry import select
+
+    recipes = select(selector)
+    if checkpoint is not None and len(recipes) > 1:
+        raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
+    chosen = _backend(backend, device)
+    rows = []
+    for recipe in recipes:
+        started = time.perf_counter()
+        with console.status(f"{recipe.id}: starting") as status:
+            try:
+                report = run_convert(recipe, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
+                                     threads=_threads(recipe, threads),
+                                     on_progress=lambda m: status.update(f"{recipe.id}: {m}"))
+            except ParityError as exc:
+                if len(recipes) == 1:
+                    raise
+                console.print(f"[red]{recipe.id}: error:[/] {exc}", highlight=False)
+                rows.append((recipe.id, "error", str(exc)[:80], "–", time.perf_counter() - started))
+                continue
+        rows.append(_report_row(report, time.perf_counter() - started))
+        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
+    _summary(rows)
+    _exit_for([row[1] for row in rows])
+
+
+def _exit_for(verdicts: list[str]) -> None:
+    if "error" in verdicts:
+        raise typer.Exit(2)
+    if "fail" in verdicts:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def dump(
+    selector: Annotated[str, typer.Argument(help="Variant id or prefix.")],
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+) -> None:
+    """Run only the origin side: write OUT/<id>/dump (safetensors + manifest.json)."""
+    from orchestrator.pipeline import make_dump
+    from orchestrator.registry import select
+
+    chosen = _backend(backend, device)
+    for recipe in select(selector):
+        with console.status(f"{recipe.id}: starting") as status:
+            folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
+                               device=device.value, threads=_threads(recipe, threads),
+                               on_progress=lambda m: status.update(m))
+        stdout.print(str(folder))
+
+
+@app.command()
+@one_line_errors
+def diff(
+    dump_dir: Annotated[Path, typer.Option("--dump", help="A dump folder, or a golden fixture folder.")],
+    port: Annotated[Optional[str], typer.Option(help="An existing port (save_pretrained folder or hub id).")] = None,
+    backend: BackendOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>).")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+) -> None:
+    """Diff a dump against the port: converted from the dump's state dict, or an existing port with --port."""
+    from orchestrator.envs import cache_dir
+    from orchestrator.manifests import DumpManifest, load_model
+    from orchestrator.pipeline import import_fixture, run_diff
+
+    dump_dir = dump_dir.expanduser().resolve()
+    if not dump_dir.is_dir():
+        raise ParityError(f"dump folder not found: {dump_dir}")
+    chosen = _backend(backend, device)
+    started = time.perf_counter()
+    with console.status("starting") as status:
+        if not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file():
+            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), lambda m: status.update(m))
+        manifest = load_model(DumpManifest, dump_dir / "manifest.json")
+        target = out or Path("out") / manifest.recipe.id
+        report = run_diff(dump_dir, chosen, target, port=port, device=device.value,
+                          threads=_threads(manifest.recipe, threads), on_progress=lambda m: status.update(m))
+    console.print(f"{report.variant}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
+    _summary([_report_row(report, time.perf_counter() - started)])
+    _exit_for([report.verdict])
+
+
+@app.command()
+@one_line_errors
+def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding report.json.")]) -> None:
+    """Render report.md again from report.json (no recomputation)."""
+    from orchestrator.report import rerender
+
+    rows = []
+    for folder in folders:
+        result = rerender(folder)
+        rows.append(_report_row(result, result.durations.get("total", 0.0)))
+    _summary(rows)
+    _exit_for([row[1] for row in rows])
+
+
+@app.command()
+@one_line_errors
+def schema(out: Annotated[Path, typer.Option(help="Folder for the JSON Schemas.")] = Path("schemas")) -> None:
+    """Write the JSON Schemas of Recipe, DumpManifest, ConversionRecord and ParityReport."""
+    from orchestrator.manifests import SCHEMAS
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in SCHEMAS.items():
+        (out / f"{name}.schema.json").write_text(json.dumps(model.model_json_schema(), indent=2) + "\n")
+        stdout.print(str(out / f"{name}.schema.json"))
+
+
+def main() -> None:
+    app(prog_name="parity")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The steps of one variant, wired together on the host: checkpoint, origin dump, port conversion + diff, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from orchestrator.backends import Backend, Progress
+from orchestrator.checkpoints import resolve
+from orchestrator.errors import ParityError
+from orchestrator.manifests import ParityReport, Recipe, load_model
+from orchestrator.registry import recipe_for_fixture
+from orchestrator.report import write_reports
+
+PORT_ENV = "transformers"
+STALE = ("report.json", "report.md", "conversion.json", "hf")
+
+
+def _recipe_file(recipe: Recipe, folder: Path) -> Path:
+    path = folder / "recipe.json"
+    path.write_text(recipe.model_dump_json(indent=2))
+    return path
+
+
+def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
+              device: str, threads: int, on_progress: Progress) -> Path:
+    """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
+    resolved = resolve(recipe, checkpoint, sha256)
+    dump_dir = out / "dump"
+    logs = out / "logs"
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        recipe_path = _recipe_file(recipe, Path(tmp))
+        if resolved.needs_generation:
+            on_progress(f"{recipe.id}: generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
+            resolved.path.parent.mkdir(parents=True, exist_ok=True)
+            backend.run(recipe.origin, ["generate", "--recipe", str(recipe_path), "--out", str(resolved.path)],
+                        log=logs / "generate.log", on_progress=on_progress, readonly=[recipe_path],
+                        writable=[resolved.path.parent])
+        on_progress(f"{recipe.id}: original forward in the {recipe.origin} origin")
+        backend.run(recipe.origin, ["dump", "--recipe", str(recipe_path), "--checkpoint", str(resolved.path),
+                                    "--checkpoint-source", resolved.source, "--out", str(dump_dir),
+                                    "--device", device, "--threads", str(threads)],
+                    log=logs / "dump.log", on_progress=on_progress, readonly=[recipe_path, resolved.path],
+                    writable=[out])
+    return dump_dir
+
+
+def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress) -> Path:
+    """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes)."""
+    meta = fixture / "fixture.json"
+    recipe = recipe_for_fixture(json.loads(meta.read_text())["name"])
+    key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
+    dump_dir = cache / "dumps" / f"fixture-{fixture.name}-{key}"
+    if (dump_dir / "manifest.json").is_file():
+        return dump_dir
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        recipe_path = _recipe_file(recipe, Path(tmp))
+        on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
+        backend.run(recipe.origin, ["import-fixture", "--recipe", str(recipe_path), "--fixture", str(fixture),
+                                    "--out", str(dump_dir)],
+                    log=cache / "logs" / f"import-{fixture.name}.log", on_progress=on_progress,
+                    readonly=[recipe_path, fixture], writable=[dump_dir.parent])
+    return dump_dir
+
+
+def clear_stale(out: Path, *extra: str) -> None:
+    """A failed run must not leave an earlier run's report, model or dump looking like this run's result."""
+    for name in (*STALE, *extra):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
+             on_progress: Progress, mutation: dict | None = None, save: bool = True) -> ParityReport:
+    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out)
+    args = ["port", "--dump", str(dump_dir), "--out", str(out), "--device", device, "--threads", str(threads)]
+    if port:
+        args += ["--port", port]
+    if mutation:
+        args += ["--mutate", json.dumps(mutation)]
+    if not save:
+        args.append("--no-save")
+    readonly = [dump_dir] + ([Path(port)] if port and Path(port).exists() else [])
+    backend.run(PORT_ENV, args, log=out / "logs" / "port.log", on_progress=on_progress, readonly=readonly,
+                writable=[out], network=bool(port) and not Path(port).exists())
+    report = load_model(ParityReport, out / "report.json")
+    write_reports(report, out)
+    return report
+
+
+def convert(recipe: Recipe, backend: Backend, out_root: Path, *, checkpoint: Path | None = None,
+            sha256: str | None = None, device: str = "cpu", threads: int = 1,
+            on_progress: Progress = lambda _m: None) -> ParityReport:
+    out = out_root / recipe.id
+    out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out, "dump")
+    dump_dir = make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device,
+                         threads=threads, on_progress=on_progress)
+    return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress)
