@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ParityError
@@ -41,7 +42,7 @@ def one_line_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ParityError as exc:
-            console.print(f"[bold red]parity: error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]parity: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[bold red]parity: interrupted[/]")
@@ -90,7 +91,7 @@ def _summary(rows: list[tuple[str, str, str, str, float]]) -> None:
     table = Table("variant", "verdict", "first divergence", "worst max-abs", "time")
     colours = {"pass": "green", "fail": "red", "error": "red"}
     for variant, verdict, first, worst, seconds in rows:
-        table.add_row(variant, f"[{colours[verdict]}]{verdict}[/]", first, worst, f"{seconds:.1f}s")
+        table.add_row(variant, f"[{colours[verdict]}]{verdict}[/]", escape(first), worst, f"{seconds:.1f}s")
     stdout.print(table)
 
 
@@ -119,7 +120,7 @@ def convert(
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     chosen = _backend(backend, device)
-    rows = []
+    rows, reports = [], []
     for recipe in recipes:
         started = time.perf_counter()
         with console.status(f"{recipe.id}: starting") as status:
@@ -130,13 +131,21 @@ def convert(
             except ParityError as exc:
                 if len(recipes) == 1:
                     raise
-                console.print(f"[red]{recipe.id}: error:[/] {exc}", highlight=False)
+                console.print(f"[red]{recipe.id}: error:[/] {escape(str(exc))}", highlight=False)
                 rows.append((recipe.id, "error", str(exc)[:80], "–", time.perf_counter() - started))
                 continue
         rows.append(_report_row(report, time.perf_counter() - started))
+        reports.append(report)
         console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
     _summary(rows)
+    _print_errors(reports)
     _exit_for([row[1] for row in rows])
+
+
+def _print_errors(reports) -> None:
+    for report in reports:
+        if report.verdict == "error":
+            console.print(f"[bold red]parity: error:[/] {report.variant}: {escape(report.error or '')}", highlight=False, soft_wrap=True)
 
 
 def _exit_for(verdicts: list[str]) -> None:
@@ -175,6 +184,8 @@ def dump(
 def diff(
     dump_dir: Annotated[Path, typer.Option("--dump", help="A dump folder, or a golden fixture folder.")],
     port: Annotated[Optional[str], typer.Option(help="An existing port (save_pretrained folder or hub id).")] = None,
+    mutate: Annotated[Optional[str], typer.Option(help="JSON mutation of the converted weights, to prove the diff "
+                                                        "catches it, e.g. '{\"kind\": \"zero\", \"key\": K}'.")] = None,
     backend: BackendOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>).")] = None,
     device: DeviceOption = Device.cpu,
@@ -195,11 +206,48 @@ def diff(
             dump_dir = import_fixture(dump_dir, chosen, cache_dir(), lambda m: status.update(m))
         manifest = load_model(DumpManifest, dump_dir / "manifest.json")
         target = out or Path("out") / manifest.recipe.id
-        report = run_diff(dump_dir, chosen, target, port=port, device=device.value,
+        mutation = _parse_mutation(mutate) if mutate else None
+        report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
                           threads=_threads(manifest.recipe, threads), on_progress=lambda m: status.update(m))
     console.print(f"{report.variant}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
     _summary([_report_row(report, time.perf_counter() - started)])
+    _print_errors([report])
     _exit_for([report.verdict])
+
+
+def _parse_mutation(text: str) -> dict:
+    try:
+        mutation = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParityError(f"--mutate is not JSON: {exc.msg}") from None
+    if not isinstance(mutation, dict) or "kind" not in mutation or "key" not in mutation:
+        raise ParityError("--mutate needs a JSON object with 'kind' and 'key'")
+    return mutation
+
+
+@app.command()
+@one_line_errors
+def generate(
+    selector: Annotated[str, typer.Argument(help="Variant id (any size).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed for re-drawing every parameter.")] = 0,
+    backend: BackendOption = None,
+) -> None:
+    """Write a random checkpoint in the variant's ORIGINAL format, made by the original code (offline testing)."""
+    from orchestrator.manifests import CheckpointSource, GenerateSpec
+    from orchestrator.pipeline import generate_checkpoint
+    from orchestrator.registry import select
+
+    recipes = select(selector)
+    if len(recipes) != 1:
+        raise ParityError(f"{selector!r} selects {len(recipes)} variants; generate takes one id")
+    recipe = recipes[0]
+    seeded = recipe.model_copy(update={"checkpoint": CheckpointSource(
+        kind="generate", generate=GenerateSpec(seed=seed), container=recipe.checkpoint.container)})
+    with console.status(f"{recipe.id}: generating with the original code") as status:
+        generate_checkpoint(seeded, _backend(backend, Device.cpu), out.expanduser().resolve(),
+                            on_progress=lambda m: status.update(m))
+    stdout.print(str(out))
 
 
 @app.command()

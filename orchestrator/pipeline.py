@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.backends import Backend, Progress
 from orchestrator.checkpoints import resolve
+from orchestrator.envs import cache_dir
 from orchestrator.errors import ParityError
 from orchestrator.manifests import ParityReport, Recipe, load_model
 from orchestrator.registry import recipe_for_fixture
@@ -25,6 +26,17 @@ def _recipe_file(recipe: Recipe, folder: Path) -> Path:
     return path
 
 
+def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
+                        log: Path | None = None) -> None:
+    """The original code builds the model, re-draws every tensor from the seed and saves its native container."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        recipe_path = _recipe_file(recipe, Path(tmp))
+        backend.run(recipe.origin, ["generate", "--recipe", str(recipe_path), "--out", str(path)],
+                    log=log or cache_dir() / "logs" / f"generate-{recipe.id}.log", on_progress=on_progress,
+                    readonly=[recipe_path], writable=[path.parent])
+
+
 def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
               device: str, threads: int, on_progress: Progress) -> Path:
     """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
@@ -35,10 +47,7 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
         recipe_path = _recipe_file(recipe, Path(tmp))
         if resolved.needs_generation:
             on_progress(f"{recipe.id}: generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
-            resolved.path.parent.mkdir(parents=True, exist_ok=True)
-            backend.run(recipe.origin, ["generate", "--recipe", str(recipe_path), "--out", str(resolved.path)],
-                        log=logs / "generate.log", on_progress=on_progress, readonly=[recipe_path],
-                        writable=[resolved.path.parent])
+            generate_checkpoint(recipe, backend, resolved.path, on_progress, log=logs / "generate.log")
         on_progress(f"{recipe.id}: original forward in the {recipe.origin} origin")
         backend.run(recipe.origin, ["dump", "--recipe", str(recipe_path), "--checkpoint", str(resolved.path),
                                     "--checkpoint-source", resolved.source, "--out", str(dump_dir),

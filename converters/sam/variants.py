@@ -12,6 +12,7 @@ from orchestrator.manifests import (
     InputSpec,
     PromptCase,
     Recipe,
+    ToleranceOverride,
     TolerancePolicy,
 )
 
@@ -106,6 +107,26 @@ def synthetic_inputs(height: int, width: int, seed: int = 7) -> InputSpec:
     )
 
 
+FULL_SIZE_DRIFT = TolerancePolicy(overrides={
+    "image_encoder.*": ToleranceOverride(
+        atol=1e-4, rtol=1e-4,
+        reason="fp32 accumulation order over 4096 tokens and 12-32 blocks (SDPA in the port vs explicit softmax in "
+               "the original; eager attention changes nothing): measured 1.5e-5 at block 11 of a random SlimSAM-50, "
+               "growing ~1.2e-6 per block, so ViT-H's 32 blocks get headroom",
+    ),
+    "*mask_decoder.predict_masks.0": ToleranceOverride(
+        atol=1e-4, rtol=1e-4,
+        reason="mask logits inherit the image-encoder drift through the hypernetwork dot product: measured 2.8e-5 "
+               "on a random SlimSAM-50",
+    ),
+    "*.return.low_res_logits": ToleranceOverride(
+        atol=1e-4, rtol=1e-4, reason="same tensor as predict_masks.0[:, 1:]: measured 2.8e-5 on a random SlimSAM-50"),
+    "*.postprocess_masks": ToleranceOverride(
+        atol=1e-4, rtol=1e-4, reason="bilinear upsampling of low_res_logits: measured 2.2e-5 on a random SlimSAM-50"),
+})
+"""Full-size (1024 px, 64x64 grid) variants only; tiny variants are held to the plain fp32-cpu profile."""
+
+
 def _real(
     variant_id: str, description: str, url: str, hub_id: str, trust: str, filename: str, **config: Any
 ) -> Recipe:
@@ -119,6 +140,7 @@ def _real(
         original_config=original_config(**config),
         hf=HFSpec(model_class="SamModel", processor_class="SamProcessor"),
         inputs=synthetic_inputs(600, 800),
+        tolerance=FULL_SIZE_DRIFT,
     )
 
 

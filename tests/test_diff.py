@@ -1,0 +1,57 @@
+"""The comparison engine on hand-built arrays whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from orchestrator.diff import compare, mark_first_divergence, resolve_tolerance
+from orchestrator.manifests import TolerancePolicy, ToleranceOverride
+
+
+def test_metrics_on_a_known_difference():
+    origin = np.array([1.0, -2.0, 4.0, 0.0], dtype=np.float32)
+    port = np.array([1.0, -2.0, 4.5, 0.0], dtype=np.float32)
+    r = compare("x", 0, origin, port, atol=0.1, rtol=0.0)
+    assert r.verdict == "fail"
+    assert r.max_abs == 0.5 and r.max_rel == 0.125 and r.mean_abs == 0.125
+    assert r.worst_index == [2]
+    assert r.mismatch_fraction == 0.25
+    assert abs(r.rms - 0.25) < 1e-12
+    assert r.atol_needed == 0.5
+    assert abs(r.rtol_needed - 0.1) < 1e-12
+
+
+def test_smallest_passing_tolerances_really_pass():
+    rng = np.random.default_rng(0)
+    origin = rng.normal(size=(64,)).astype(np.float32)
+    port = origin + rng.normal(scale=1e-4, size=(64,)).astype(np.float32)
+    r = compare("x", 0, origin, port, atol=1e-6, rtol=1e-5)
+    assert r.verdict == "fail"
+    assert compare("x", 0, origin, port, atol=r.atol_needed * (1 + 1e-9), rtol=1e-5).verdict == "pass"
+    assert compare("x", 0, origin, port, atol=1e-6, rtol=r.rtol_needed * (1 + 1e-9)).verdict == "pass"
+
+
+def test_shape_dtype_nan_and_missing_are_their_own_verdicts():
+    a = np.zeros((2, 3), dtype=np.float32)
+    assert compare("x", 0, a, np.zeros((3, 2), dtype=np.float32), 1e-5, 1e-4).verdict == "shape-mismatch"
+    assert compare("x", 0, a, np.zeros((2, 3), dtype=np.int64), 1e-5, 1e-4).verdict == "dtype-mismatch"
+    nan = a.copy()
+    nan[0, 0] = np.nan
+    r = compare("x", 0, a, nan, 1e-5, 1e-4)
+    assert r.verdict == "nonfinite" and r.nonfinite_port == 1 and r.nonfinite_origin == 0
+    assert compare("x", 0, nan, nan.copy(), 1e-5, 1e-4).verdict == "pass"
+    assert compare("x", 0, a, None, 1e-5, 1e-4).verdict == "missing"
+
+
+def test_first_divergence_follows_execution_order_and_marks_downstream():
+    ok = np.ones(3, dtype=np.float32)
+    bad = ok + 1
+    results = [compare("c", 2, ok, bad, 1e-5, 0), compare("a", 0, ok, ok, 1e-5, 0), compare("b", 1, ok, bad, 1e-5, 0)]
+    assert mark_first_divergence(results) == "b"
+    assert [(r.name, r.downstream) for r in results] == [("a", False), ("b", False), ("c", True)]
+
+
+def test_overrides_match_by_pattern_and_carry_their_reason():
+    policy = TolerancePolicy(overrides={"enc.*": ToleranceOverride(atol=1e-3, rtol=0, reason="measured drift of 4e-4 here")})
+    assert resolve_tolerance(policy, "enc.blocks.3") == (1e-3, 0, "measured drift of 4e-4 here")
+    assert resolve_tolerance(policy, "dec.out") == (1e-5, 1e-4, None)
