@@ -212,10 +212,26 @@ def build_converted_model(family, recipe: Recipe, state: dict[str, torch.Tensor]
     if result.missing_keys or result.unexpected_keys:
         raise ParityError(f"loading the converted weights left missing {result.missing_keys[:3]} "
                           f"unexpected {result.unexpected_keys[:3]}")
+    _materialise_non_persistent_buffers(model, model_class, config)
     still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         raise ParityError(f"tensors left on the meta device after loading: {still_meta[:3]}")
     return model.eval(), record
+
+
+def _materialise_non_persistent_buffers(model, model_class, config) -> None:
+    """Non-persistent buffers (index tables, constants) are not weights: take them from a real construction.
+
+    Only runs when the model has such buffers; parameters of the throw-away instance are never copied."""
+    pending = [name for name, buf in model.named_buffers() if buf.is_meta]
+    if not pending:
+        return
+    reference = model_class(config)
+    buffers = dict(reference.named_buffers())
+    for name in pending:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        owner._buffers[leaf] = buffers[name].detach().clone()
 
 
 def _save(model, processor, out: Path) -> None:

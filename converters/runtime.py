@@ -111,8 +111,12 @@ def cmd_import_fixture(args: argparse.Namespace) -> None:
     ckpt = file_entry(checkpoint)
     if recipe.checkpoint.sha256 and ckpt.sha256 != recipe.checkpoint.sha256:
         raise ParityError(f"fixture checkpoint {checkpoint} has sha256 {ckpt.sha256}, recipe pins {recipe.checkpoint.sha256}")
-    progress("loading the fixture checkpoint with the original code")
-    _model, state_dict = _origin(recipe).load_original(recipe, checkpoint)
+    if (fixture / "state_dict.safetensors").is_file():
+        progress("reading the fixture's re-exported state dict")
+        state_dict = load_file(str(fixture / "state_dict.safetensors"))
+    else:
+        progress("reading the fixture checkpoint with the family's original loading recipe")
+        state_dict = _origin(recipe).fixture_state_dict(recipe, checkpoint)
 
     def log_from(file: str, entries: list[dict]) -> CaptureLog:
         tensors = load_file(str(fixture / file))

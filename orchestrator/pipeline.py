@@ -13,7 +13,7 @@ from orchestrator.checkpoints import resolve
 from orchestrator.envs import cache_dir
 from orchestrator.errors import ParityError
 from orchestrator.manifests import ParityReport, Recipe, load_model
-from orchestrator.registry import recipe_for_fixture
+from orchestrator.registry import family_of, recipe_for_fixture
 from orchestrator.report import write_reports
 
 PORT_ENV = "transformers"
@@ -68,7 +68,7 @@ def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Pr
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         recipe_path = _recipe_file(recipe, Path(tmp))
         on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
-        backend.run(recipe.origin, ["import-fixture", "--recipe", str(recipe_path), "--fixture", str(fixture),
+        backend.run(family_of(recipe).importer_env, ["import-fixture", "--recipe", str(recipe_path), "--fixture", str(fixture),
                                     "--out", str(dump_dir)],
                     log=cache / "logs" / f"import-{fixture.name}.log", on_progress=on_progress,
                     readonly=[recipe_path, fixture], writable=[dump_dir.parent])

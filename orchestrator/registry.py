@@ -23,6 +23,13 @@ class Family:
     origins: tuple[str, ...]
     fixture_recipes: dict[str, str] = field(default_factory=dict)
     """Golden fixture folder name -> id of the recipe that reproduces it."""
+    fixture_env: str | None = None
+    """Environment that imports this family's fixtures (default: the first origin). Families whose origin cannot be
+    installed locally use `fixtures`: torch + safetensors only, no original package, no transformers."""
+
+    @property
+    def importer_env(self) -> str:
+        return self.fixture_env or self.origins[0]
 
     @property
     def origin_module(self) -> str:

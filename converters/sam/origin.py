@@ -124,6 +124,11 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Fixtures go through the same original loader as any checkpoint."""
+    return load_original(recipe, checkpoint)[1]
+
+
 def _prompt_arrays(case: PromptCase) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     if case.point_coords is not None:
