@@ -25,6 +25,9 @@ from orchestrator.registry import PROJECT_ROOT
 IMAGES = PROJECT_ROOT / "images"
 LAYER = "base"
 COMPLETE = "parity-env.json"
+NO_BUILD_ISOLATION = "requirements-nobuildisolation.txt"
+"""Optional second stage of an environment: source builds that must see the installed torch / setuptools pins
+(`pip install --no-build-isolation`), installed after requirements.txt. The Dockerfiles run the same two stages."""
 
 
 def cache_dir() -> Path:
@@ -41,7 +44,10 @@ def pin_files(name: str) -> list[Path]:
     if not own.is_file():
         known = sorted(p.parent.name for p in IMAGES.glob("*/requirements.txt"))
         raise ParityError(f"no environment {name!r} (images/{name}/requirements.txt missing; known: {', '.join(known)})")
-    return [own] if name == LAYER else [IMAGES / LAYER / "requirements.txt", own]
+    if name == LAYER:
+        return [own]
+    second = IMAGES / name / NO_BUILD_ISOLATION
+    return [IMAGES / LAYER / "requirements.txt", own] + ([second] if second.is_file() else [])
 
 
 def pin_hash(name: str) -> str:
@@ -130,6 +136,9 @@ def ensure_env(name: str, on_progress: Callable[[str], None] = lambda _m: None) 
             layer_site = _site_packages(env_dir(LAYER))
             (_site_packages(staging) / "_parity_torch_layer.pth").write_text(f"{layer_site}\n")
             _run([*pip, "-r", str(pins[1]), "-c", str(pins[0])], log, f"installing environment {name}")
+            for stage in pins[2:]:
+                _run([*pip, "--no-build-isolation", "-r", str(stage), "-c", str(pins[0])], log,
+                     f"installing environment {name} ({stage.name})")
         record = {"name": name, "pin_hash": pin_hash(name), "pins": {p.name if p.parent.name == name else
                   f"{p.parent.name}/{p.name}": p.read_text() for p in pins}, "python": python_for_envs()}
         (staging / COMPLETE).write_text(json.dumps(record, indent=2))
