@@ -85,6 +85,42 @@ class CaptureLog:
         return name in self.tensors
 
 
+class ModuleRecorder:
+    """--all-modules: the first output of every submodule, so parity can diff pairs derived from the weight mapping."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.log = CaptureLog()
+        self.handles = [module.register_forward_hook(self._hook(name))
+                        for name, module in model.named_modules() if name]
+
+    def _hook(self, name: str):
+        def hook(_module, _args, output):
+            tensor = first_tensor(output)
+            if tensor is not None and name not in self.log:
+                self.log.add(name, tensor.float() if tensor.is_floating_point() else tensor,
+                             module=f"forward hook: {name} (first call)")
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def first_tensor(output) -> torch.Tensor | None:
+    """The main output of a module: a tensor, or the first tensor of a tuple/list/dict/ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
 def environment_record(device: str, packages: Iterable[str], upstream: str | None) -> EnvironmentRecord:
     versions = {}
     for name in packages:
@@ -130,6 +166,7 @@ def write_dump(
     inputs: CaptureLog,
     references: CaptureLog,
     raw_files: dict[str, Path],
+    modules: CaptureLog | None = None,
 ) -> DumpManifest:
     """Write the dump into a temp folder beside out_dir and rename it into place only when complete."""
     out_dir = Path(out_dir)
@@ -140,6 +177,8 @@ def write_dump(
         _save_tensors(state_dict, staging / "state_dict.safetensors")
         _save_tensors(inputs.tensors, staging / "inputs.safetensors")
         _save_tensors(references.tensors, staging / "reference.safetensors")
+        if modules is not None:
+            _save_tensors(modules.tensors, staging / "modules.safetensors")
         raw_entries = []
         for name, source in raw_files.items():
             shutil.copyfile(source, staging / name)
@@ -155,6 +194,7 @@ def write_dump(
             raw_inputs=raw_entries,
             inputs=inputs.entries,
             references=references.entries,
+            modules=modules.entries if modules is not None else [],
         )
         write_model(manifest, staging / "manifest.json")
         if out_dir.exists():

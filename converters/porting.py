@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import json
 import platform
 import re
 import shutil
@@ -31,10 +32,13 @@ from orchestrator.manifests import (
     ConversionRecord,
     DumpManifest,
     EnvironmentRecord,
+    Heatmap,
     KeyMapping,
+    MutationResult,
     ParityReport,
     ProcessorResult,
     Recipe,
+    TolerancePolicy,
     load_model,
     write_model,
 )
@@ -119,7 +123,7 @@ def accounting_error(record: ConversionRecord) -> str:
 def apply_mutation(state: dict[str, torch.Tensor], mutation: dict) -> None:
     """Deliberate corruption of the converted weights, to prove the comparison catches mapping mistakes."""
     kind, key = mutation["kind"], mutation["key"]
-    if key not in state:
+    if kind != "swap-prefix" and key not in state:
         raise ParityError(f"mutation names unknown port key {key!r}")
     if kind == "swap":
         other = mutation["other"]
@@ -137,6 +141,12 @@ def apply_mutation(state: dict[str, torch.Tensor], mutation: dict) -> None:
         state[key] = state[key] * mutation.get("factor", 1.01)
     elif kind == "drop":
         del state[key]
+    elif kind == "swap-prefix":
+        first, second = key, mutation["other"]
+        moved = {k: v for k, v in state.items() if k.startswith(first) or k.startswith(second)}
+        for name, tensor in moved.items():
+            swapped = second + name[len(first):] if name.startswith(first) else first + name[len(second):]
+            state[swapped] = tensor
     else:
         raise ParityError(f"unknown mutation kind {kind!r}")
 
@@ -258,10 +268,18 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def diff_captures(recipe: Recipe, dump: Dump, captured: dict[str, tuple[str, torch.Tensor]]) -> list[CaptureResult]:
+def effective_policy(policy: TolerancePolicy, device: str) -> TolerancePolicy:
+    """A recipe written for fp32 on CPU is judged by the fp32-cuda profile when it runs on a GPU (TF32 stays off)."""
+    if device.startswith("cuda") and policy.profile == "fp32-cpu":
+        return policy.model_copy(update={"profile": "fp32-cuda"})
+    return policy
+
+
+def diff_captures(policy: TolerancePolicy, dump: Dump, captured: dict[str, tuple[str, torch.Tensor]]
+                  ) -> list[CaptureResult]:
     results = []
     for entry in dump.manifest.references:
-        atol, rtol, reason = resolve_tolerance(recipe.tolerance, entry.name)
+        atol, rtol, reason = resolve_tolerance(policy, entry.name)
         port_name, tensor = captured.get(entry.name, (None, None))
         results.append(compare(entry.name, entry.execution_index, _to_numpy(dump.references[entry.name]),
                                None if tensor is None else _to_numpy(tensor), atol, rtol,
@@ -269,17 +287,126 @@ def diff_captures(recipe: Recipe, dump: Dump, captured: dict[str, tuple[str, tor
     return results
 
 
-def run_port(dump_dir: Path, out: Path, *, port: str | None, device: str, threads: int, mutation: dict | None,
-             save: bool) -> ParityReport:
-    """Convert (or load an existing port), run it on the origin's inputs, diff every capture, write the report."""
+def derive_module_pairs(record: ConversionRecord) -> list[tuple[str, str]]:
+    """Module correspondences implied by the weight mapping.
+
+    The owners of a source and a target tensor correspond; so do their ancestors, walked up in step, as long as
+    every mapping agrees (original blocks.3 -> port layers.3 always, never two different port modules)."""
+    candidates: dict[str, set[str]] = {}
+    owners: set[tuple[str, str]] = set()
+    for mapping in record.mappings:
+        if mapping.op == "drop":
+            continue
+        for source in mapping.sources:
+            for target in mapping.targets:
+                src, tgt = source.rpartition(".")[0], target.rpartition(".")[0]
+                owners.add((src, tgt))
+                while src and tgt:
+                    candidates.setdefault(src, set()).add(tgt)
+                    src, tgt = src.rpartition(".")[0], tgt.rpartition(".")[0]
+    claimed: dict[str, int] = {}
+    for targets in candidates.values():
+        for target in targets:
+            claimed[target] = claimed.get(target, 0) + 1
+    pairs = set(owners)
+    for src, targets in candidates.items():
+        if len(targets) == 1:
+            (tgt,) = targets
+            if claimed[tgt] == 1:
+                pairs.add((src, tgt))
+    return sorted(pairs)
+
+
+def _adapt_layout(origin: np.ndarray, port: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Generic layout adapter: drop singleton axes when that is all that differs (batch-of-one prompt axes)."""
+    if origin.shape == port.shape:
+        return port, None
+    if origin.size == port.size and [d for d in origin.shape if d != 1] == [d for d in port.shape if d != 1]:
+        return port.reshape(origin.shape), f"reshaped {list(port.shape)} -> {list(origin.shape)}"
+    return port, None
+
+
+def diff_modules(policy: TolerancePolicy, dump: Dump, record: ConversionRecord, port_outputs: dict[str, torch.Tensor]
+                 ) -> tuple[list[CaptureResult], list[str]]:
+    origin_outputs = load_tensors(dump.folder / "modules.safetensors")
+    order = {entry.name: entry.execution_index for entry in dump.manifest.modules}
+    results, paired_origin, paired_port = [], set(), set()
+    for src, tgt in derive_module_pairs(record):
+        if src not in origin_outputs or tgt not in port_outputs:
+            continue
+        paired_origin.add(src)
+        paired_port.add(tgt)
+        origin = _to_numpy(origin_outputs[src])
+        port, note = _adapt_layout(origin, _to_numpy(port_outputs[tgt]))
+        atol, rtol, reason = resolve_tolerance(policy, src)
+        result = compare(src, order[src], origin, port, atol, rtol, port_name=tgt, reason=reason)
+        result.note = note
+        results.append(result)
+    unpaired = [f"original {name}" for name in origin_outputs if name not in paired_origin]
+    unpaired += [f"port {name}" for name in port_outputs if name not in paired_port]
+    return results, unpaired
+
+
+def heatmap(dump: Dump, captured: dict[str, tuple[str, torch.Tensor]], results: list[CaptureResult],
+            cells: int = 48) -> Heatmap | None:
+    """Block maxima of |diff| for the capture needing the largest atol, folded to 2-D."""
+    candidates = [r for r in results if r.atol_needed is not None and r.name in captured]
+    if not candidates:
+        return None
+    worst = max(candidates, key=lambda r: (r.verdict != "pass", r.atol_needed))
+    origin = _to_numpy(dump.references[worst.name]).astype(np.float64)
+    diff = np.abs(_to_numpy(captured[worst.name][1]).astype(np.float64).reshape(origin.shape) - origin)
+    grid = diff.reshape(-1, diff.shape[-1]) if diff.ndim >= 2 else diff.reshape(1, -1)
+    rows = -(-grid.shape[0] // cells)
+    cols = -(-grid.shape[1] // cells)
+    padded = np.zeros((-(-grid.shape[0] // rows) * rows, -(-grid.shape[1] // cols) * cols))
+    padded[: grid.shape[0], : grid.shape[1]] = grid
+    blocks = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).max(axis=(1, 3))
+    return Heatmap(capture=worst.name, shape=list(blocks.shape), source_shape=list(origin.shape),
+                   values=[[float(v) for v in row] for row in blocks])
+
+
+class _ModuleOutputs:
+    """First output of every port module, for --all-modules."""
+
+    def __init__(self, model):
+        from converters.dumping import first_tensor
+
+        self.outputs: dict[str, torch.Tensor] = {}
+
+        def hook_for(name):
+            def hook(_module, _args, output):
+                tensor = first_tensor(output)
+                if tensor is not None and name not in self.outputs:
+                    self.outputs[name] = tensor.detach().to("cpu").float()
+
+            return hook
+
+        self.handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if n]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _setup(device: str, threads: int) -> None:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+
+def run_port(dump_dir: Path, out: Path, *, port: str | None, device: str, threads: int, mutation: dict | None,
+             save: bool, all_modules: bool = False) -> ParityReport:
+    """Convert (or load an existing port), run it on the origin's inputs, diff every capture, write the report."""
+    _setup(device, threads)
     durations: dict[str, float] = {}
     started = time.perf_counter()
     dump = Dump(dump_dir)
+    if all_modules and not dump.manifest.modules:
+        raise ParityError(f"{dump.folder} has no module captures: dump again with --all-modules")
     recipe = dump.recipe
+    policy = effective_policy(recipe.tolerance, device)
     family = importlib.import_module(f"converters.{recipe.family}.port")
     out.mkdir(parents=True, exist_ok=True)
     report = ParityReport(
@@ -298,18 +425,31 @@ def run_port(dump_dir: Path, out: Path, *, port: str | None, device: str, thread
                 raise ParityError(accounting_error(record))
         else:
             model = _load_existing(recipe, port)
+            record = None
         durations["convert"] = time.perf_counter() - started
         model = model.to(device)
         processor = family.build_processor(recipe)
         _progress("running the port on the origin's inputs")
         t0 = time.perf_counter()
-        with torch.no_grad():
-            captured = family.port_captures(recipe, model, processor, dump, device)
+        recorder = _ModuleOutputs(model) if all_modules else None
+        try:
+            with torch.no_grad():
+                captured = family.port_captures(recipe, model, processor, dump, device)
+        finally:
+            if recorder is not None:
+                recorder.remove()
         durations["forward"] = time.perf_counter() - t0
-        results = diff_captures(recipe, dump, captured)
+        results = diff_captures(policy, dump, captured)
         report.first_divergence = mark_first_divergence(results)
         report.captures = results
         report.verdict = "fail" if report.first_divergence else "pass"
+        report.heatmap = heatmap(dump, captured, results)
+        if recorder is not None:
+            if record is None:
+                expected = {k: v.shape for k, v in model.state_dict().items()}
+                _, record = convert_state_dict(recipe.id, dump.state_dict(), family.rules(recipe), expected)
+            report.modules, report.unpaired = diff_modules(policy, dump, record, recorder.outputs)
+            report.module_first_divergence = mark_first_divergence(report.modules)
         report.processor = _processor_verdict(family, recipe, processor, dump)
         if save and port is None and mutation is None:
             _progress("saving the converted model (save_pretrained)")
@@ -323,6 +463,38 @@ def run_port(dump_dir: Path, out: Path, *, port: str | None, device: str, thread
     report.durations = durations
     write_model(report, out / "report.json")
     return report
+
+
+def run_mutations(dump_dir: Path, out: Path, mutations: list[dict], *, device: str, threads: int
+                  ) -> list[MutationResult]:
+    """The harness's own test: corrupt the converted weights one way at a time; parity must notice each."""
+    _setup(device, threads)
+    dump = Dump(dump_dir)
+    recipe = dump.recipe
+    policy = effective_policy(recipe.tolerance, device)
+    family = importlib.import_module(f"converters.{recipe.family}.port")
+    state = dump.state_dict()
+    processor = family.build_processor(recipe)
+    results = []
+    for index, mutation in enumerate(mutations):
+        _progress(f"mutation {index + 1}/{len(mutations)}: {mutation['kind']} {mutation['key']}")
+        try:
+            model, record = build_converted_model(family, recipe, state, mutation)
+            if model is None:
+                raise ParityError(accounting_error(record))
+            with torch.no_grad():
+                captured = family.port_captures(recipe, model.to(device), processor, dump, device)
+            captures = diff_captures(policy, dump, captured)
+            first = mark_first_divergence(captures)
+            results.append(MutationResult(mutation=mutation, verdict="fail" if first else "pass",
+                                          first_divergence=first))
+        except ParityError as exc:
+            results.append(MutationResult(mutation=mutation, verdict="error", error=str(exc)))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".mutations.json.tmp"
+    tmp.write_text(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+    tmp.replace(out / "mutations.json")
+    return results
 
 
 def _processor_verdict(family, recipe: Recipe, processor, dump: Dump) -> ProcessorResult:

@@ -65,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
-    from converters.dumping import environment_record, file_entry, set_determinism, write_dump
+    from converters.dumping import ModuleRecorder, environment_record, file_entry, set_determinism, write_dump
 
     recipe = load_model(Recipe, args.recipe)
     origin = _origin(recipe)
@@ -76,7 +76,12 @@ def cmd_dump(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as staging:
         images, files = _raw_images(recipe, Path(staging))
         progress("running the original forward with captures")
-        inputs, refs = origin.run_captures(recipe, model, images, args.device)
+        recorder = ModuleRecorder(model) if args.all_modules else None
+        try:
+            inputs, refs = origin.run_captures(recipe, model, images, args.device)
+        finally:
+            if recorder is not None:
+                recorder.remove()
         ckpt = file_entry(checkpoint)
         progress("writing the dump")
         write_dump(
@@ -93,6 +98,7 @@ def cmd_dump(args: argparse.Namespace) -> None:
             inputs=inputs,
             references=refs,
             raw_files=files,
+            modules=recorder.log if recorder is not None else None,
         )
 
 
@@ -151,9 +157,15 @@ def cmd_import_fixture(args: argparse.Namespace) -> None:
 def cmd_port(args: argparse.Namespace) -> None:
     from converters.porting import run_port
 
+    from converters.porting import run_mutations
+
+    if args.mutations:
+        run_mutations(Path(args.dump), Path(args.out), json.loads(Path(args.mutations).read_text()),
+                      device=args.device, threads=args.threads)
+        return
     mutation = json.loads(args.mutate) if args.mutate else None
     run_port(Path(args.dump), Path(args.out), port=args.port, device=args.device, threads=args.threads,
-             mutation=mutation, save=not args.no_save)
+             mutation=mutation, save=not args.no_save, all_modules=args.all_modules)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(flag, required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--all-modules", action="store_true")
     p.set_defaults(fn=cmd_dump)
     p = verbs.add_parser("import-fixture")
     for flag in ("--recipe", "--fixture", "--out"):
@@ -181,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mutate", default=None)
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--all-modules", action="store_true")
+    p.add_argument("--mutations", default=None, help="JSON file with a list of mutations: run each, write mutations.json")
     p.set_defaults(fn=cmd_port)
     args = parser.parse_args(argv)
     try:

@@ -54,6 +54,8 @@ def one_line_errors(fn: Callable) -> Callable:
 OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
 BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where both sides run.")]
+AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
+                                                                        "the weight mapping (dump needs it too).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
 
 
@@ -111,6 +113,7 @@ def convert(
     sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
 ) -> None:
     """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
     from orchestrator.pipeline import convert as run_convert
@@ -126,7 +129,7 @@ def convert(
         with console.status(f"{recipe.id}: starting") as status:
             try:
                 report = run_convert(recipe, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
-                                     threads=_threads(recipe, threads),
+                                     threads=_threads(recipe, threads), all_modules=all_modules,
                                      on_progress=lambda m: status.update(f"{recipe.id}: {m}"))
             except ParityError as exc:
                 if len(recipes) == 1:
@@ -165,6 +168,7 @@ def dump(
     sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
 ) -> None:
     """Run only the origin side: write OUT/<id>/dump (safetensors + manifest.json)."""
     from orchestrator.pipeline import make_dump
@@ -175,7 +179,7 @@ def dump(
         with console.status(f"{recipe.id}: starting") as status:
             folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
                                device=device.value, threads=_threads(recipe, threads),
-                               on_progress=lambda m: status.update(m))
+                               on_progress=lambda m: status.update(m), all_modules=all_modules)
         stdout.print(str(folder))
 
 
@@ -190,6 +194,7 @@ def diff(
     out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>).")] = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
 ) -> None:
     """Diff a dump against the port: converted from the dump's state dict, or an existing port with --port."""
     from orchestrator.envs import cache_dir
@@ -208,6 +213,7 @@ def diff(
         target = out or Path("out") / manifest.recipe.id
         mutation = _parse_mutation(mutate) if mutate else None
         report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
+                          all_modules=all_modules,
                           threads=_threads(manifest.recipe, threads), on_progress=lambda m: status.update(m))
     console.print(f"{report.variant}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
     _summary([_report_row(report, time.perf_counter() - started)])
@@ -248,6 +254,49 @@ def generate(
         generate_checkpoint(seeded, _backend(backend, Device.cpu), out.expanduser().resolve(),
                             on_progress=lambda m: status.update(m))
     stdout.print(str(out))
+
+
+@app.command()
+@one_line_errors
+def selftest(
+    families_: Annotated[Optional[list[str]], typer.Argument(metavar="[FAMILY]...", help="Default: every family "
+                                                             "with a mutation suite.")] = None,
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+) -> None:
+    """Prove the comparison catches mapping mistakes: each family's mutation suite on its tiny variant."""
+    import importlib
+
+    from orchestrator.pipeline import make_dump, run_mutations
+    from orchestrator.registry import all_recipes, families
+
+    chosen = _backend(backend, Device.cpu)
+    names = families_ or [n for n in families() if importlib.util.find_spec(f"converters.{n}.selftest")]
+    table = Table("family", "mutation", "expected first failure", "parity said", "ok")
+    failures = 0
+    for name in names:
+        if name not in families():
+            raise ParityError(f"unknown family {name!r} (known: {', '.join(families())})")
+        if importlib.util.find_spec(f"converters.{name}.selftest") is None:
+            raise ParityError(f"family {name!r} has no mutation suite (converters/{name}/selftest.py)")
+        suite = importlib.import_module(f"converters.{name}.selftest")
+        recipe = all_recipes()[suite.VARIANT]
+        folder = out / "selftest" / recipe.id
+        with console.status(f"{recipe.id}: dumping the original") as status:
+            dump_dir = make_dump(recipe, chosen, folder, checkpoint=None, sha256=None, device="cpu", threads=1,
+                                 on_progress=lambda m: status.update(m))
+            results = run_mutations(dump_dir, chosen, folder, [m for m, _ in suite.MUTATIONS], device="cpu",
+                                    threads=1, on_progress=lambda m: status.update(m))
+        for (mutation, expected), result in zip(suite.MUTATIONS, results):
+            said = result.first_divergence if result.verdict == "fail" else result.verdict
+            ok = said == expected
+            failures += not ok
+            table.add_row(name, escape(f"{mutation['kind']} {mutation['key']}"), expected, escape(str(said)),
+                          "[green]yes[/]" if ok else "[red]NO[/]")
+    stdout.print(table)
+    stdout.print(f"mutations caught at the expected capture: {len(table.rows) - failures} of {len(table.rows)}")
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -311,6 +311,8 @@ class DumpManifest(Strict):
     """Tensors fed to the original model (after the original preprocessing)."""
     references: list[TensorEntry]
     """Activations of the original, in execution order."""
+    modules: list[TensorEntry] = Field(default_factory=list)
+    """With --all-modules: the first output of every original module (modules.safetensors), keyed by module path."""
 
     @model_validator(mode="after")
     def _hash_and_order(self) -> DumpManifest:
@@ -406,6 +408,28 @@ class CaptureResult(Strict):
     """Free text (e.g. why a capture is missing)."""
 
 
+class Heatmap(Strict):
+    capture: str
+    """Capture whose difference is shown (the worst one by needed atol)."""
+    shape: list[int]
+    """Shape of the 2-D grid below (rows, cols)."""
+    source_shape: list[int]
+    """Shape of the capture; the grid is the max |diff| over blocks of its last two axes (leading axes folded)."""
+    values: list[list[float]]
+    """Block maxima of |port - origin|."""
+
+
+class MutationResult(Strict):
+    mutation: dict[str, Any]
+    """The corruption applied to the converted weights."""
+    verdict: Literal["pass", "fail", "error"]
+    """What parity concluded about the corrupted port (pass means the mutation went unnoticed)."""
+    first_divergence: str | None = None
+    """First capture that failed."""
+    error: str | None = None
+    """Error instead of a diff (e.g. strict accounting caught a dropped key)."""
+
+
 class ProcessorResult(Strict):
     processor: str
     """Processor class that ran (and whether fast or slow)."""
@@ -436,8 +460,14 @@ class ParityReport(Strict):
     """First capture in origin execution order that fails."""
     captures: list[CaptureResult] = Field(default_factory=list)
     """Per-capture comparison, in origin execution order."""
+    modules: list[CaptureResult] = Field(default_factory=list)
+    """--all-modules: every module pair derived from the weight mapping, in origin execution order."""
+    module_first_divergence: str | None = None
+    """First failing derived module pair (finer-grained than first_divergence)."""
     unpaired: list[str] = Field(default_factory=list)
-    """Module pairs derived from the weight mapping that could not be compared."""
+    """Original modules with an output that no derived pair covers, and port modules likewise."""
+    heatmap: Heatmap | None = None
+    """Where the worst capture differs, for the HTML report."""
     processor: ProcessorResult | None = None
     """Preprocessing verdict."""
     conversion: ConversionRecord | None = None

@@ -12,7 +12,7 @@ from orchestrator.backends import Backend, Progress
 from orchestrator.checkpoints import resolve
 from orchestrator.envs import cache_dir
 from orchestrator.errors import ParityError
-from orchestrator.manifests import ParityReport, Recipe, load_model
+from orchestrator.manifests import MutationResult, ParityReport, Recipe, load_model
 from orchestrator.registry import family_of, recipe_for_fixture
 from orchestrator.report import write_reports
 
@@ -38,7 +38,7 @@ def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progres
 
 
 def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
-              device: str, threads: int, on_progress: Progress) -> Path:
+              device: str, threads: int, on_progress: Progress, all_modules: bool = False) -> Path:
     """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
     resolved = resolve(recipe, checkpoint, sha256)
     dump_dir = out / "dump"
@@ -51,7 +51,8 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
         on_progress(f"{recipe.id}: original forward in the {recipe.origin} origin")
         backend.run(recipe.origin, ["dump", "--recipe", str(recipe_path), "--checkpoint", str(resolved.path),
                                     "--checkpoint-source", resolved.source, "--out", str(dump_dir),
-                                    "--device", device, "--threads", str(threads)],
+                                    "--device", device, "--threads", str(threads)]
+                    + (["--all-modules"] if all_modules else []),
                     log=logs / "dump.log", on_progress=on_progress, readonly=[recipe_path, resolved.path],
                     writable=[out])
     return dump_dir
@@ -86,7 +87,8 @@ def clear_stale(out: Path, *extra: str) -> None:
 
 
 def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
-             on_progress: Progress, mutation: dict | None = None, save: bool = True) -> ParityReport:
+             on_progress: Progress, mutation: dict | None = None, save: bool = True,
+             all_modules: bool = False) -> ParityReport:
     """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports."""
     out.mkdir(parents=True, exist_ok=True)
     clear_stale(out)
@@ -97,6 +99,8 @@ def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, d
         args += ["--mutate", json.dumps(mutation)]
     if not save:
         args.append("--no-save")
+    if all_modules:
+        args.append("--all-modules")
     readonly = [dump_dir] + ([Path(port)] if port and Path(port).exists() else [])
     backend.run(PORT_ENV, args, log=out / "logs" / "port.log", on_progress=on_progress, readonly=readonly,
                 writable=[out], network=bool(port) and not Path(port).exists())
@@ -107,10 +111,24 @@ def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, d
 
 def convert(recipe: Recipe, backend: Backend, out_root: Path, *, checkpoint: Path | None = None,
             sha256: str | None = None, device: str = "cpu", threads: int = 1,
-            on_progress: Progress = lambda _m: None) -> ParityReport:
+            on_progress: Progress = lambda _m: None, all_modules: bool = False) -> ParityReport:
     out = out_root / recipe.id
     out.mkdir(parents=True, exist_ok=True)
     clear_stale(out, "dump")
     dump_dir = make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device,
-                         threads=threads, on_progress=on_progress)
-    return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress)
+                         threads=threads, on_progress=on_progress, all_modules=all_modules)
+    return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress,
+                    all_modules=all_modules)
+
+
+def run_mutations(dump_dir: Path, backend: Backend, out: Path, mutations: list[dict], *, device: str,
+                  threads: int, on_progress: Progress) -> list[MutationResult]:
+    """Run a list of weight corruptions against one dump in one port process; returns what parity concluded."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutations.json").unlink(missing_ok=True)
+    request = out / "mutation-request.json"
+    request.write_text(json.dumps(mutations))
+    backend.run(PORT_ENV, ["port", "--dump", str(dump_dir), "--out", str(out), "--device", device,
+                           "--threads", str(threads), "--mutations", str(request)],
+                log=out / "logs" / "mutations.log", on_progress=on_progress, readonly=[dump_dir], writable=[out])
+    return [MutationResult.model_validate(item) for item in json.loads((out / "mutations.json").read_text())]
