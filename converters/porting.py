@@ -290,8 +290,10 @@ def diff_captures(policy: TolerancePolicy, dump: Dump, captured: dict[str, tuple
 def derive_module_pairs(record: ConversionRecord) -> list[tuple[str, str]]:
     """Module correspondences implied by the weight mapping.
 
-    The owners of a source and a target tensor correspond; so do their ancestors, walked up in step, as long as
-    every mapping agrees (original blocks.3 -> port layers.3 always, never two different port modules)."""
+    The owners of a source and a target tensor correspond. Their ancestors are walked up in step while both paths
+    have the same depth, or (when an extra level exists on one side, e.g. an MLP's `layers.0` -> `proj_in`) only
+    while the trailing names agree; a pair is kept when every mapping agrees on it (original blocks.3 -> port
+    layers.3 always, and no second original module claims the same port module)."""
     candidates: dict[str, set[str]] = {}
     owners: set[tuple[str, str]] = set()
     for mapping in record.mappings:
@@ -303,6 +305,9 @@ def derive_module_pairs(record: ConversionRecord) -> list[tuple[str, str]]:
                 owners.add((src, tgt))
                 while src and tgt:
                     candidates.setdefault(src, set()).add(tgt)
+                    same_depth = src.count(".") == tgt.count(".")
+                    if not same_depth and src.rpartition(".")[2] != tgt.rpartition(".")[2]:
+                        break
                     src, tgt = src.rpartition(".")[0], tgt.rpartition(".")[0]
     claimed: dict[str, int] = {}
     for targets in candidates.values():
@@ -448,8 +453,12 @@ def run_port(dump_dir: Path, out: Path, *, port: str | None, device: str, thread
             if record is None:
                 expected = {k: v.shape for k, v in model.state_dict().items()}
                 _, record = convert_state_dict(recipe.id, dump.state_dict(), family.rules(recipe), expected)
-            report.modules, report.unpaired = diff_modules(policy, dump, record, recorder.outputs)
-            report.module_first_divergence = mark_first_divergence(report.modules)
+            modules, report.unpaired = diff_modules(policy, dump, record, recorder.outputs)
+            report.modules = sorted(modules, key=lambda r: r.execution_index)
+            # A shape mismatch between derived pairs means the two modules are called differently (e.g. SAM's
+            # shared positional-encoding layer), not that a weight is wrong: it is shown, not chased.
+            report.module_first_divergence = mark_first_divergence(
+                [m for m in report.modules if m.verdict != "shape-mismatch"])
         report.processor = _processor_verdict(family, recipe, processor, dump)
         if save and port is None and mutation is None:
             _progress("saving the converted model (save_pretrained)")

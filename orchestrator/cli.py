@@ -141,6 +141,10 @@ def convert(
         reports.append(report)
         console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
     _summary(rows)
+    if len(recipes) > 1:
+        from orchestrator.report import write_summary
+
+        write_summary(reports, out)
     _print_errors(reports)
     _exit_for([row[1] for row in rows])
 

@@ -17,7 +17,7 @@ from orchestrator.registry import family_of, recipe_for_fixture
 from orchestrator.report import write_reports
 
 PORT_ENV = "transformers"
-STALE = ("report.json", "report.md", "conversion.json", "hf")
+STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf")
 
 
 def _recipe_file(recipe: Recipe, folder: Path) -> Path:
