@@ -276,7 +276,12 @@ def _nchw(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
+_last_model: dict[str, Any] = {}
+"""processor_checks gets no model; the post-processing comparison reuses the one port_captures ran."""
+
+
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
+    _last_model["model"] = model
     swin = model.get_submodule(f"{SWIN}.swin")
     depths = list(recipe.original_config["MODEL"]["SWIN"]["DEPTHS"])
     stage_last = [f"{SWIN}.swin.encoder.layers.{i}.blocks.{d - 1}" for i, d in enumerate(depths)]
@@ -345,4 +350,14 @@ def processor_checks(recipe: Recipe, processor, dump: Dump):
         if tuple(plain.shape[-2:]) == (h, w):
             checks.append(("pixel_values[valid region]", "same processor with size_divisor=0 (resize only)",
                            origin[..., :h, :w], plain))
+    if any(name.startswith("return.") for name in dump.references):
+        from converters.mask2former import postprocess
+
+        model = _last_model.get("model")
+        if model is not None:
+            with torch.no_grad():
+                outputs = model(pixel_values=dump.inputs["pixel_values"].to(next(model.parameters()).device))
+            checks.extend(postprocess.image_processor_checks(recipe, processor, dump, outputs))
+            note += ("; post-processing: transformers' post_process_* resize mask logits to a fixed 384x384 and then "
+                     "to the target size, without cropping the padding the original crops (sem_seg_postprocess)")
     return checks, {"processor": type(processor).__name__, "note": note}

@@ -16,6 +16,7 @@ from orchestrator.manifests import (
     ImageSpec,
     InputSpec,
     Recipe,
+    ToleranceOverride,
     TolerancePolicy,
 )
 
@@ -192,7 +193,7 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(size: str, dataset: str, task: str, *, num_classes: int, min_size: int, max_size: int,
-                detections: int, config_file: str) -> dict[str, Any]:
+                detections: int, config_file: str, thing_ids: list[int] | None) -> dict[str, Any]:
     """The fixture's config: the upstream yaml's merged config with the fixture's merge_from_list overrides."""
     cfg = copy.deepcopy(d2_config(size, dataset, task, config_file=config_file))
     for section, values in TINY_OVERRIDES.items():
@@ -201,6 +202,7 @@ def tiny_config(size: str, dataset: str, task: str, *, num_classes: int, min_siz
     cfg["INPUT"].update({"MIN_SIZE_TEST": min_size, "MAX_SIZE_TEST": max_size})
     cfg["TEST"]["DETECTIONS_PER_IMAGE"] = detections
     cfg["LABELS"] = None
+    cfg["THING_IDS"] = thing_ids
     return cfg
 
 
@@ -216,19 +218,29 @@ def _fixture(name: str, recipe_id: str, sha256: str, config: dict[str, Any], lik
         original_config=config,
         hf=HF,
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", fixture=name, filename="image.png")]),
-        tolerance=TolerancePolicy(),
+        tolerance=FIXTURE_TOLERANCE,
     )
 
+
+FIXTURE_TOLERANCE = TolerancePolicy(overrides={
+    "sem_seg_head.predictor.*": ToleranceOverride(
+        atol=5e-5, rtol=1e-4,
+        reason="fp32 rounding through the masked-attention decoder (transformers runs q/k/v as three matmuls and its "
+               "own attention where the original uses nn.MultiheadAttention's fused in_proj): measured atol_needed "
+               "1.44e-5 (max-abs 1.9e-5) on aux_outputs.2.pred_masks of the ADE fixture, every other predictor "
+               "capture <= 1.5e-5; 5e-5 leaves headroom, well under the 1e-4 budget"),
+})
 
 FIXTURE_RECIPES: tuple[Recipe, ...] = (
     _fixture("mask2former-tiny-swin-coco-instance", "mask2former-fixture-tiny-coco-instance",
              "1e2e92e9615421ef56360bb7734e357cad93ec554ed2381c49870cd6bba762b7",
              tiny_config("tiny", "coco", "instance", num_classes=5, min_size=80, max_size=1333, detections=10,
+                         thing_ids=[0, 1, 2, 3, 4],
                          config_file="configs/coco/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"),
              "facebook/mask2former-swin-tiny-coco-instance"),
     _fixture("mask2former-tiny-swin-ade-semantic", "mask2former-fixture-tiny-ade-semantic",
              "d3c47356d1cbecd5b10e0b03deb06891fcb706420b67698d759dae0539dbe7eb",
-             tiny_config("tiny", "ade", "semantic", num_classes=7, min_size=72, max_size=2048, detections=100,
+             tiny_config("tiny", "ade", "semantic", num_classes=7, min_size=72, max_size=2048, detections=100, thing_ids=None,
                          config_file="configs/ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml"),
              "facebook/mask2former-swin-tiny-ade-semantic"),
 )
