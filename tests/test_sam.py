@@ -110,15 +110,8 @@ def test_origin_side_reproduces_the_upstream_fixture(tmp_path):
 MUTATIONS = [
     ({"kind": "swap-chunks", "key": "vision_encoder.layers.1.attn.qkv.weight", "chunks": 3, "i": 0, "j": 1},
      "image_encoder.blocks.1"),
-    ({"kind": "zero", "key": "vision_encoder.layers.0.mlp.lin2.bias"}, "image_encoder.blocks.0"),
-    ({"kind": "transpose", "key": "vision_encoder.layers.2.attn.proj.weight"}, "image_encoder.blocks.2"),
     ({"kind": "swap", "key": "prompt_encoder.point_embed.0.weight", "other": "prompt_encoder.point_embed.1.weight"},
      "point1.prompt_encoder.0"),
-    ({"kind": "scale", "key": "mask_decoder.transformer.layers.1.layer_norm3.weight", "factor": 1.01},
-     "point1.mask_decoder.transformer.0"),
-    ({"kind": "swap", "key": "mask_decoder.output_hypernetworks_mlps.1.proj_out.weight",
-      "other": "mask_decoder.output_hypernetworks_mlps.2.proj_out.weight"}, "point1.mask_decoder.predict_masks.0"),
-    ({"kind": "zero", "key": "prompt_encoder.mask_embed.conv3.bias"}, "point_mask.prompt_encoder.1"),
 ]
 
 
@@ -130,6 +123,48 @@ def test_corrupted_mapping_fails_at_the_first_affected_capture(tiny_run, tmp_pat
     assert report["verdict"] == "fail"
     assert report["first_divergence"] == first, result.stdout
     assert not (tmp_path / "hf").exists()
+
+
+def test_mutation_suite_every_corruption_is_caught_where_it_first_matters(tmp_path):
+    """30 single corruptions (swap, transpose, zero, drop, scale by 1.01, off-by-one layer, chunk swaps in fused qkv)."""
+    from converters.sam.selftest import MUTATIONS as SUITE
+
+    assert len(SUITE) >= 20
+    result = parity("selftest", "sam", "--out", str(tmp_path), check=0)
+    assert f"mutations caught at the expected capture: {len(SUITE)} of {len(SUITE)}" in result.stdout
+    outcomes = json.loads((tmp_path / "selftest" / "sam-tiny-random" / "mutations.json").read_text())
+    assert len(outcomes) == len(SUITE)
+    for (mutation, expected), outcome in zip(SUITE, outcomes):
+        said = outcome["first_divergence"] if outcome["verdict"] == "fail" else outcome["verdict"]
+        assert said == expected, (mutation, outcome)
+
+
+def test_reverify_an_existing_port_without_converting(tiny_run, tmp_path):
+    parity("diff", "--dump", str(tiny_run / "dump"), "--port", str(tiny_run / "hf"), "--out", str(tmp_path), check=0)
+    report = read_json(tmp_path / "report.json")
+    assert report["verdict"] == "pass" and report["port"] == str(tiny_run / "hf")
+    assert report["conversion"] is None and not (tmp_path / "hf").exists()
+
+
+def test_all_modules_derives_pairs_from_the_weight_mapping(tmp_path):
+    parity("dump", "sam-tiny-random", "--all-modules", "--out", str(tmp_path), check=0)
+    dump = tmp_path / "sam-tiny-random" / "dump"
+    parity("diff", "--dump", str(dump), "--all-modules", "--out", str(tmp_path / "r"), check=0)
+    report = read_json(tmp_path / "r" / "report.json")
+    pairs = {m["name"]: m["port_name"] for m in report["modules"]}
+    assert pairs["image_encoder.blocks.2.attn.qkv"] == "vision_encoder.layers.2.attn.qkv"
+    assert pairs["image_encoder.neck"] == "vision_encoder.neck"
+    assert pairs["mask_decoder.output_hypernetworks_mlps.3"] == "mask_decoder.output_hypernetworks_mlps.3"
+    numeric = [m for m in report["modules"] if m["verdict"] != "shape-mismatch"]
+    assert len(numeric) > 100 and all(m["verdict"] == "pass" for m in numeric)
+    assert report["module_first_divergence"] is None
+    assert "original mask_decoder.output_upscaling" in report["unpaired"]
+    mutation = {"kind": "scale", "key": "vision_encoder.layers.1.mlp.lin1.weight", "factor": 1.01}
+    parity("diff", "--dump", str(dump), "--all-modules", "--mutate", json.dumps(mutation), "--out",
+           str(tmp_path / "m"), check=1)
+    mutated = read_json(tmp_path / "m" / "report.json")
+    assert mutated["first_divergence"] == "image_encoder.blocks.1"
+    assert mutated["module_first_divergence"] == "image_encoder.blocks.1.mlp.lin1"
 
 
 def test_dropped_weight_is_caught_by_strict_accounting(tiny_run, tmp_path):
