@@ -322,12 +322,25 @@ def derive_module_pairs(record: ConversionRecord) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+LAYOUTS: tuple[tuple[str, int, tuple[int, ...]], ...] = (
+    ("NHWC -> NCHW", 4, (0, 3, 1, 2)),
+    ("NCHW -> NHWC", 4, (0, 2, 3, 1)),
+    ("batch-first <-> sequence-first", 3, (1, 0, 2)),
+)
+
+
 def _adapt_layout(origin: np.ndarray, port: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """Generic layout adapter: drop singleton axes when that is all that differs (batch-of-one prompt axes)."""
+    """Generic layout adapters for derived module pairs, applied only when exactly one makes the shapes agree:
+    dropping singleton axes (batch-of-one prompt axes, tuple outputs), NHWC <-> NCHW, sequence- vs batch-first."""
     if origin.shape == port.shape:
         return port, None
     if origin.size == port.size and [d for d in origin.shape if d != 1] == [d for d in port.shape if d != 1]:
         return port.reshape(origin.shape), f"reshaped {list(port.shape)} -> {list(origin.shape)}"
+    fits = [(name, axes) for name, ndim, axes in LAYOUTS
+            if port.ndim == ndim and tuple(port.shape[a] for a in axes) == origin.shape]
+    if len(fits) == 1:
+        name, axes = fits[0]
+        return port.transpose(axes), name
     return port, None
 
 
