@@ -143,17 +143,16 @@ def bpe_path() -> Path:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode table (the tokenizer's byte-level alphabet)."""
+    """GPT-2/CLIP byte -> printable unicode table; its ORDER (printable bytes first, then the rest shifted past 255)
+    is the order of the first 256 vocabulary entries."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
+    order, chars = list(printable), [chr(b) for b in printable]
     for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+        if b not in printable:
+            order.append(b)
+            chars.append(chr(256 + len(order) - len(printable) - 1))
+    return dict(zip(order, chars))
 
 
 @cache
