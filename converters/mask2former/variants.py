@@ -8,6 +8,8 @@ Ids follow transformers' conversion script (`get_model_name`): mask2former-swin-
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from orchestrator.manifests import (
@@ -37,29 +39,44 @@ SWIN = {
 DATASETS = {
     # (dataset, task): NUM_CLASSES, train dataset, MIN/MAX_SIZE_TEST, TEST flags (semantic, instance, panoptic), labels
     ("coco", "instance"): dict(classes=80, train="coco_2017_train", test="coco_2017_val", min=800, max=1333,
-                               flags=(False, True, False), labels="coco-instance.json"),
+                               flags=(False, True, False), labels="coco-instance.json", things=list(range(80))),
     ("coco", "panoptic"): dict(classes=133, train="coco_2017_train_panoptic", test="coco_2017_val_panoptic_with_sem_seg",
-                               min=800, max=1333, flags=(True, True, True), labels="coco-panoptic.json"),
+                               min=800, max=1333, flags=(True, True, True), labels="coco-panoptic.json",
+                               things=list(range(80))),
     ("ade", "semantic"): dict(classes=150, train="ade20k_sem_seg_train", test="ade20k_sem_seg_val", min=512, max=2048,
                               flags=(True, False, False), labels="ade20k.json", reduce_labels=True),
     ("ade", "panoptic"): dict(classes=150, train="ade20k_panoptic_train", test="ade20k_panoptic_val", min=640,
-                              max=2560, flags=(True, True, True), labels="ade20k.json"),
+                              max=2560, flags=(True, True, True), labels="ade20k.json", things="ade20k-thing-ids.json"),
     ("ade", "instance"): dict(classes=100, train="ade20k_instance_train", test="ade20k_instance_val", min=640,
-                              max=2560, flags=(False, True, False), labels="ade20k-instance.json"),
+                              max=2560, flags=(False, True, False), labels=None, things=list(range(100))),
     ("cityscapes", "semantic"): dict(classes=19, train="cityscapes_fine_sem_seg_train", test="cityscapes_fine_sem_seg_val",
                                      min=1024, max=2048, flags=(True, False, False), labels="cityscapes.json"),
     ("cityscapes", "instance"): dict(classes=8, train="cityscapes_fine_instance_seg_train",
                                      test="cityscapes_fine_instance_seg_val", min=1024, max=2048,
-                                     flags=(False, True, False), labels="cityscapes-instance.json"),
+                                     flags=(False, True, False), labels="cityscapes-instance.json",
+                                     things=list(range(8))),
     ("cityscapes", "panoptic"): dict(classes=19, train="cityscapes_fine_panoptic_train", test="cityscapes_fine_panoptic_val",
-                                     min=1024, max=2048, flags=(True, True, True), labels="cityscapes.json"),
+                                     min=1024, max=2048, flags=(True, True, True), labels="cityscapes.json",
+                                     things=list(range(11, 19))),
     ("mapillary-vistas", "semantic"): dict(classes=65, train="mapillary_vistas_sem_seg_train",
-                                           test="mapillary_vistas_sem_seg_val", min=2048, max=8192,
-                                           flags=(True, False, False), labels="mapillary-vistas.json"),
+                                           test="mapillary_vistas_sem_seg_val", min=2048, max=2048,
+                                           flags=(True, False, False), labels="mapillary-vistas.json", ignore=65,
+                                           object_threshold=0.0),
     ("mapillary-vistas", "panoptic"): dict(classes=65, train="mapillary_vistas_panoptic_train",
-                                           test="mapillary_vistas_panoptic_val", min=2048, max=8192,
-                                           flags=(True, True, True), labels="mapillary-vistas.json"),
+                                           test="mapillary_vistas_panoptic_val", min=2048, max=2048,
+                                           flags=(True, False, True), labels="mapillary-vistas.json", ignore=65,
+                                           object_threshold=0.0, things="mapillary-vistas-thing-ids.json"),
 }
+
+LABELS = Path(__file__).resolve().parent / "labels"
+
+
+def _thing_ids(things: str | list[int] | None) -> list[int] | None:
+    """Contiguous ids of the 'thing' classes (detectron2 metadata thing_dataset_id_to_contiguous_id.values())."""
+    if isinstance(things, str):
+        return json.loads((LABELS / things).read_text())
+    return things
+
 
 FOLDERS = {"coco": "coco", "ade": "ade20k", "cityscapes": "cityscapes", "mapillary-vistas": "mapillary-vistas"}
 URL_FOLDERS = {"coco": "coco", "ade": "ade20k", "cityscapes": "cityscapes", "mapillary-vistas": "mapillary_vistas"}
@@ -75,6 +92,7 @@ def d2_config(size: str, dataset: str, task: str, *, queries: int = 100, min_siz
     return {
         "CONFIG_FILE": config_file,
         "LABELS": data["labels"],
+        "THING_IDS": _thing_ids(data.get("things")),
         "REDUCE_LABELS": data.get("reduce_labels", False),
         "MODEL": {
             "META_ARCHITECTURE": "MaskFormer",
@@ -88,7 +106,7 @@ def d2_config(size: str, dataset: str, task: str, *, queries: int = 100, min_siz
                 "OUT_FEATURES": ["res2", "res3", "res4", "res5"],
             },
             "SEM_SEG_HEAD": {
-                "NAME": "MaskFormerHead", "NUM_CLASSES": data["classes"], "IGNORE_VALUE": 255, "CONVS_DIM": 256,
+                "NAME": "MaskFormerHead", "NUM_CLASSES": data["classes"], "IGNORE_VALUE": data.get("ignore", 255), "CONVS_DIM": 256,
                 "MASK_DIM": 256, "NORM": "GN", "PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
                 "IN_FEATURES": ["res2", "res3", "res4", "res5"],
                 "DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": ["res3", "res4", "res5"],
@@ -104,7 +122,7 @@ def d2_config(size: str, dataset: str, task: str, *, queries: int = 100, min_siz
                 "SIZE_DIVISIBILITY": 32, "DEC_LAYERS": 10, "TRAIN_NUM_POINTS": 12544, "OVERSAMPLE_RATIO": 3.0,
                 "IMPORTANCE_SAMPLE_RATIO": 0.75,
                 "TEST": {"SEMANTIC_ON": semantic_on, "INSTANCE_ON": instance_on, "PANOPTIC_ON": panoptic_on,
-                         "OBJECT_MASK_THRESHOLD": 0.8, "OVERLAP_THRESHOLD": 0.8,
+                         "OBJECT_MASK_THRESHOLD": data.get("object_threshold", 0.8), "OVERLAP_THRESHOLD": 0.8,
                          "SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": False},
             },
         },
@@ -116,11 +134,9 @@ def d2_config(size: str, dataset: str, task: str, *, queries: int = 100, min_siz
 
 def _zoo(size: str, dataset: str, task: str, run: str, md5: str, *, queries: int = 100,
          min_size: int | None = None, max_size: int | None = None) -> Recipe:
-    size_word = {"base-in21k": "base", "large": "large"}.get(size, size)
     hub_size = "base-IN21k" if size == "base-in21k" else size
     config_file = f"{REPO_CONFIGS}/{FOLDERS[dataset]}/{task}-segmentation/swin/{run}.yaml"
     url = f"{ZOO}/{URL_FOLDERS[dataset]}/{task}/{run}/model_final_{md5}.pkl"
-    del size_word
     return Recipe(
         id=f"mask2former-swin-{size}-{dataset}-{task}",
         family="mask2former",
