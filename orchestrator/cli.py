@@ -114,6 +114,8 @@ def convert(
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
+    origin: Annotated[Optional[str], typer.Option(help="Origin stack: one of the family's origins, or 'all' (each "
+                                                       "into OUT/<id>/<origin>/, plus origin-vs-origin).")] = None,
 ) -> None:
     """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
     from orchestrator.pipeline import convert as run_convert
@@ -123,6 +125,10 @@ def convert(
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     chosen = _backend(backend, device)
+    if origin:
+        _convert_origins(recipes, origin, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
+                         threads=threads, all_modules=all_modules)
+        return
     rows, reports = [], []
     for recipe in recipes:
         started = time.perf_counter()
@@ -145,6 +151,38 @@ def convert(
         from orchestrator.report import write_summary
 
         write_summary(reports, out)
+    _print_errors(reports)
+    _exit_for([row[1] for row in rows])
+
+
+def _convert_origins(recipes, origin: str, backend, out: Path, *, threads, **kwargs) -> None:
+    """`convert --origin NAME|all`: every chosen origin of each variant, one checkpoint, origin-vs-origin table."""
+    from orchestrator.pipeline import convert_origins
+    from orchestrator.registry import family_of
+
+    rows, reports = [], []
+    for recipe in recipes:
+        names = list(family_of(recipe).origins) if origin == "all" else [origin]
+        started = time.perf_counter()
+        with console.status(f"{recipe.id}: starting") as status:
+            try:
+                found = convert_origins(recipe, backend, out, names, threads=_threads(recipe, threads),
+                                        on_progress=lambda m: status.update(f"{recipe.id}: {m}"), **kwargs)
+            except ParityError as exc:
+                if len(recipes) == 1:
+                    raise
+                console.print(f"[red]{recipe.id}: error:[/] {escape(str(exc))}", highlight=False)
+                rows.append((recipe.id, "error", str(exc)[:80], "–", time.perf_counter() - started))
+                continue
+        for name, report in zip(names, found):
+            row = _report_row(report, time.perf_counter() - started)
+            rows.append((f"{row[0]} ({name})", *row[1:]))
+            reports.append(report)
+            console.print(f"{recipe.id} ({name}): [bold]{report.verdict.upper()}[/] → {out / recipe.id / name}/report.md",
+                          highlight=False)
+        if len(names) > 1:
+            console.print(f"{recipe.id}: origin vs origin → {out / recipe.id}/origins.md", highlight=False)
+    _summary(rows)
     _print_errors(reports)
     _exit_for([row[1] for row in rows])
 
