@@ -53,7 +53,7 @@ def one_line_errors(fn: Callable) -> Callable:
 
 OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
 BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
-DeviceOption = Annotated[Device, typer.Option("--device", help="Where both sides run.")]
+DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
@@ -353,6 +353,70 @@ def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding r
         rows.append(_report_row(result, result.durations.get("total", 0.0)))
     _summary(rows)
     _exit_for([row[1] for row in rows])
+
+
+class GroupBy(str, Enum):
+    none = "none"
+    origin = "origin"
+
+
+@app.command()
+@one_line_errors
+def matrix(
+    selector: Annotated[Optional[str], typer.Argument(help="Id or prefix (default: every variant).")] = None,
+    include_tiny: Annotated[bool, typer.Option(help="Include tiny and fixture variants.")] = False,
+    group_by: Annotated[GroupBy, typer.Option(help="origin: one entry per origin image with its variants.")] = GroupBy.none,
+) -> None:
+    """JSON for a CI matrix: the variant ids (published ones by default), optionally grouped by origin image."""
+    from orchestrator.registry import select
+
+    recipes = [r for r in select(selector) if include_tiny or not r.tiny]
+    if group_by is GroupBy.origin:
+        groups: dict[str, list[str]] = {}
+        for recipe in recipes:
+            groups.setdefault(recipe.origin, []).append(recipe.id)
+        payload: object = [{"origin": origin, "variants": ids} for origin, ids in groups.items()]
+    else:
+        payload = [recipe.id for recipe in recipes]
+    print(json.dumps(payload, separators=(",", ":")))
+
+
+@app.command()
+@one_line_errors
+def doctor() -> None:
+    """What can run here: backends, Docker engine, GPU, and each environment (built, buildable, or Docker-only)."""
+    import importlib.util
+    import platform
+    import shutil
+
+    from orchestrator import envs
+
+    table = Table("check", "status", "detail")
+    table.add_row("python", "ok", f"{platform.python_version()} ({sys.executable})")
+    table.add_row("cache", "ok", str(envs.cache_dir()))
+    if importlib.util.find_spec("docker") is None:
+        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    else:
+        try:
+            from orchestrator.backends.docker import DockerBackend
+
+            DockerBackend()
+            table.add_row("docker backend", "ok", "engine reachable")
+        except ParityError as exc:
+            table.add_row("docker backend", "unavailable", escape(str(exc)))
+    gpu = shutil.which("nvidia-smi")
+    table.add_row("GPU", "present" if gpu else "none", gpu or "no nvidia-smi on PATH: --device cuda unavailable")
+    for folder in sorted(p.parent for p in envs.IMAGES.glob("*/requirements.txt")):
+        name = folder.name
+        reason = envs.local_unsupported(name)
+        if reason:
+            state, detail = "docker only", reason
+        elif envs.is_built(name):
+            state, detail = "built", str(envs.env_dir(name))
+        else:
+            state, detail = "buildable", f"built on first use into {envs.env_dir(name)}"
+        table.add_row(f"env {name}", state, escape(detail))
+    stdout.print(table)
 
 
 @app.command()

@@ -1,7 +1,9 @@
-"""Docker backend: each step runs in the environment's image (images/<env>/Dockerfile) through the Docker API.
+"""Docker backend: each step runs in its environment's image (images/<env>/Dockerfile) through the Docker API.
 
-Host paths are mounted at the same paths inside the container, so the runtime's arguments need no rewriting.
-Dumps run with networking disabled, inputs read-only, as the calling (non-root) user; containers are always removed.
+Images are tagged parity/<env>:<pin hash>, so a pin change can never reuse a stale image; a missing one is built from
+the repository (base first). Host paths are mounted at the same paths inside the container, so the runtime's
+arguments need no rewriting. Every step runs as the calling (non-root) user with a timeout; dumps run with
+networking disabled and their inputs read-only; containers are removed on success, failure and Ctrl-C alike.
 """
 
 from __future__ import annotations
@@ -11,35 +13,66 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.backends import Progress
-from orchestrator.envs import pin_hash
+from orchestrator.envs import IMAGES, LAYER, pin_hash
 from orchestrator.errors import ParityError
+from orchestrator.registry import PROJECT_ROOT
 
 STEP_TIMEOUT_S = int(os.environ.get("PARITY_DOCKER_TIMEOUT", "7200"))
+CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp",
+                 "HF_HUB_OFFLINE": "1"}
 
 
 def image_tag(env: str) -> str:
-    """Images are tagged by the pin hash, so a pin change can never reuse a stale image."""
     return f"parity/{env}:{pin_hash(env)}"
+
+
+def build_spec(env: str) -> dict[str, Any]:
+    """Keyword arguments for docker's images.build: context is the repository, the Dockerfile is images/<env>/."""
+    dockerfile = IMAGES / env / "Dockerfile"
+    if not dockerfile.is_file():
+        raise ParityError(f"no Dockerfile for environment {env!r} (images/{env}/Dockerfile)")
+    spec: dict[str, Any] = {
+        "path": str(PROJECT_ROOT),
+        "dockerfile": str(dockerfile.relative_to(PROJECT_ROOT)),
+        "tag": image_tag(env),
+        "labels": {"parity.env": env, "parity.pins": pin_hash(env)},
+        "rm": True,
+        "decode": True,
+    }
+    if env != LAYER:
+        spec["buildargs"] = {"BASE_IMAGE": image_tag(LAYER)}
+    return spec
+
+
+def container_user() -> str:
+    """Steps never run as root: the caller's uid:gid, or PARITY_CONTAINER_USER (default 1000:1000) when the
+    caller is root (e.g. the compose `convert` service, which needs the Docker socket)."""
+    if os.getuid() != 0:
+        return f"{os.getuid()}:{os.getgid()}"
+    return os.environ.get("PARITY_CONTAINER_USER", "1000:1000")
 
 
 def container_config(env: str, args: list[str], *, readonly: list[Path], writable: list[Path], network: bool,
                      device: str = "cpu", user: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for docker's containers.create: the whole security-relevant shape of a step."""
+    """Keyword arguments for docker's containers.create: the whole security-relevant shape of one step."""
     volumes: dict[str, dict[str, str]] = {}
-    for path in readonly:
-        volumes[str(Path(path).resolve())] = {"bind": str(Path(path).resolve()), "mode": "ro"}
     for path in writable:
         Path(path).mkdir(parents=True, exist_ok=True)
         volumes[str(Path(path).resolve())] = {"bind": str(Path(path).resolve()), "mode": "rw"}
+    for path in readonly:
+        resolved = str(Path(path).resolve())
+        if not any(resolved == w or resolved.startswith(w + os.sep) for w in volumes):
+            volumes[resolved] = {"bind": resolved, "mode": "ro"}
+    env_vars = dict(CONTAINER_ENV, HF_HUB_OFFLINE="0" if network else "1")
     config: dict[str, Any] = {
         "image": image_tag(env),
         "command": ["python", "-m", "converters.runtime", *args],
         "volumes": volumes,
         "network_disabled": not network,
-        "user": user or f"{os.getuid()}:{os.getgid()}",
-        "environment": {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp"},
+        "user": user or container_user(),
+        "environment": env_vars,
         "working_dir": "/opt/parity",
-        "labels": {"parity.env": env},
+        "labels": {"parity.env": env, "parity.step": args[0]},
         "detach": True,
     }
     if device.startswith("cuda"):
@@ -52,33 +85,55 @@ def container_config(env: str, args: list[str], *, readonly: list[Path], writabl
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", client: Any = None):
+        self.device = device
+        self.client = client if client is not None else self._connect()
+
+    @staticmethod
+    def _connect():
         try:
             import docker
         except ImportError:
             raise ParityError("the docker backend needs the docker SDK: pip install 'parity[docker]'") from None
         try:
-            self.client = docker.from_env()
-            self.client.ping()
+            client = docker.from_env(timeout=10)
+            client.ping()
         except Exception as exc:
-            raise ParityError(f"no Docker engine reachable ({type(exc).__name__}); use --backend local") from None
-        self.device = device
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ParityError(f"no Docker engine reachable ({reason[:120]}); start one or use --backend local") from None
+        return client
 
-    def run(self, env: str, args: list[str], *, log: Path, on_progress: Progress, readonly: list[Path],
-            writable: list[Path], network: bool = False) -> None:
+    def ensure_image(self, env: str, on_progress: Progress) -> str:
         import docker.errors
 
         tag = image_tag(env)
         try:
             self.client.images.get(tag)
+            return tag
         except docker.errors.ImageNotFound:
-            raise ParityError(f"image {tag} is missing: docker compose build (or docker build images/{env})") from None
+            pass
+        if env != LAYER:
+            self.ensure_image(LAYER, on_progress)
+        on_progress(f"building image {tag}")
+        try:
+            for chunk in self.client.api.build(**build_spec(env)):
+                if "stream" in chunk and chunk["stream"].strip():
+                    on_progress(f"{tag}: {chunk['stream'].strip()[:100]}")
+                if "error" in chunk:
+                    raise ParityError(f"building {tag} failed: {chunk['error'].strip()}")
+        except docker.errors.APIError as exc:
+            raise ParityError(f"building {tag} failed: {exc.explanation or exc}") from None
+        return tag
+
+    def run(self, env: str, args: list[str], *, log: Path, on_progress: Progress, readonly: list[Path],
+            writable: list[Path], network: bool = False) -> None:
+        self.ensure_image(env, on_progress)
         config = container_config(env, args, readonly=readonly, writable=writable, network=network, device=self.device)
         container = self.client.containers.create(**config)
+        error = None
         try:
             container.start()
             log.parent.mkdir(parents=True, exist_ok=True)
-            error = None
             with open(log, "w") as fh:
                 for chunk in container.logs(stream=True, follow=True):
                     for line in chunk.decode(errors="replace").splitlines():
@@ -87,8 +142,11 @@ class DockerBackend:
                             on_progress(line.split(": ", 1)[1])
                         elif line.startswith("parity: error: "):
                             error = line.split(": ", 2)[2]
-            status = container.wait(timeout=STEP_TIMEOUT_S)
+            try:
+                status = container.wait(timeout=STEP_TIMEOUT_S)
+            except Exception:
+                raise ParityError(f"{env} step {args[0]} exceeded {STEP_TIMEOUT_S}s (PARITY_DOCKER_TIMEOUT)") from None
             if status.get("StatusCode", 1) != 0:
-                raise ParityError(error or f"{env} step {args[0]} failed in {tag}; log: {log}")
+                raise ParityError(error or f"{env} step {args[0]} failed in {image_tag(env)}; log: {log}")
         finally:
             container.remove(force=True)
