@@ -53,7 +53,6 @@ MUTATIONS = [
      "blocks.1"),
     ({"kind": "zero", "key": "layers.0.mlp.fc2.bias"}, "blocks.0"),
     ({"kind": "transpose", "key": "layers.2.attention.o_proj.weight"}, "blocks.2"),
-    ({"kind": "scale", "key": "layernorm.weight", "factor": 1.01}, "norm"),
     ({"kind": "scale", "key": "embeddings.position_embeddings", "factor": 1.01}, "blocks.0"),
 ]
 
