@@ -126,25 +126,34 @@ def ensure_env(name: str, on_progress: Callable[[str], None] = lambda _m: None) 
         staging = target.with_name(f".{target.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         on_progress(f"building environment {name} ({'torch layer, ~2 min' if name == LAYER else 'on the torch layer'})")
-        _run([python_for_envs(), "-m", "venv", str(staging)], log, f"creating venv for {name}")
-        python = str(staging / "bin" / "python")
-        pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        try:
+            _install(name, staging, log)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         pins = pin_files(name)
-        if name == LAYER:
-            _run([*pip, "-r", str(pins[0])], log, "installing the torch layer")
-        else:
-            layer_site = _site_packages(env_dir(LAYER))
-            (_site_packages(staging) / "_parity_torch_layer.pth").write_text(f"{layer_site}\n")
-            _run([*pip, "-r", str(pins[1]), "-c", str(pins[0])], log, f"installing environment {name}")
-            for stage in pins[2:]:
-                _run([*pip, "--no-build-isolation", "-r", str(stage), "-c", str(pins[0])], log,
-                     f"installing environment {name} ({stage.name})")
         record = {"name": name, "pin_hash": pin_hash(name), "pins": {p.name if p.parent.name == name else
                   f"{p.parent.name}/{p.name}": p.read_text() for p in pins}, "python": python_for_envs()}
         (staging / COMPLETE).write_text(json.dumps(record, indent=2))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return target / "bin" / "python"
+
+
+def _install(name: str, staging: Path, log: Path) -> None:
+    _run([python_for_envs(), "-m", "venv", str(staging)], log, f"creating venv for {name}")
+    python = str(staging / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    pins = pin_files(name)
+    if name == LAYER:
+        _run([*pip, "-r", str(pins[0])], log, "installing the torch layer")
+    else:
+        layer_site = _site_packages(env_dir(LAYER))
+        (_site_packages(staging) / "_parity_torch_layer.pth").write_text(f"{layer_site}\n")
+        _run([*pip, "-r", str(pins[1]), "-c", str(pins[0])], log, f"installing environment {name}")
+        for stage in pins[2:]:
+            _run([*pip, "--no-build-isolation", "-r", str(stage), "-c", str(pins[0])], log,
+                 f"installing environment {name} ({stage.name})")
 
 
 def env_vars() -> dict[str, str]:
