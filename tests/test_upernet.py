@@ -1,0 +1,280 @@
+"""UperNet-ConvNeXt end to end: mmsegmentation 0.30 (mmseg0) and 1.2 (mmseg1) vs transformers, one checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.conftest import FIXTURES, error_line, in_env, parity, read_json
+
+pytestmark = pytest.mark.slow
+FIXTURE = FIXTURES / "upernet-convnext-tiny-mmseg0"
+TINY = "upernet-convnext-tiny-random"
+REQUIRED = (
+    "backbone.downsample_layers.0", "backbone.norm0", "backbone.norm1", "backbone.norm2", "backbone.norm3",
+    "decode_head.psp_modules.0", "decode_head.psp_modules.output.3", "decode_head.bottleneck",
+    "decode_head.lateral_convs.0", "decode_head.lateral_convs.2", "decode_head.fpn_convs.0.input",
+    "decode_head.fpn_convs.2", "decode_head.fpn_bottleneck", "decode_head.conv_seg", "return.encode_decode",
+    "auxiliary_head.convs", "auxiliary_head.conv_seg",
+)
+FINAL = {"mmseg0": ("return.inference", "return.simple_test"),
+         "mmseg1": ("return.predict.seg_logits", "return.predict.pred_sem_seg")}
+
+
+@pytest.fixture(scope="module")
+def all_origins(tmp_path_factory):
+    """One `parity convert upernet-convnext-tiny-random --origin all`: one generated checkpoint, both stacks."""
+    out = tmp_path_factory.mktemp("upernet")
+    parity("convert", TINY, "--origin", "all", "--out", str(out), check=0)
+    return out / TINY
+
+
+@pytest.mark.parametrize("origin", ["mmseg0", "mmseg1"])
+def test_tiny_variant_passes_against_each_origin_at_strict_fp32(all_origins, origin):
+    report = read_json(all_origins / origin / "report.json")
+    assert report["verdict"] == "pass" and report["first_divergence"] is None
+    names = [c["name"] for c in report["captures"]]
+    for required in REQUIRED + FINAL[origin]:
+        assert required in names, required
+    for capture in report["captures"]:
+        assert capture["verdict"] == "pass", capture
+        assert capture["atol"] <= 1e-5 and capture["tolerance_reason"] is None
+    assert report["conversion"]["missing"] == [] and report["conversion"]["unused"] == []
+    assert report["conversion"]["source_keys"] == 151
+    manifest = read_json(all_origins / origin / "dump" / "manifest.json")
+    packages = manifest["environment"]["packages"]
+    assert packages["mmsegmentation"] == {"mmseg0": "0.30.0", "mmseg1": "1.2.2"}[origin]
+    assert "transformers" not in packages
+    assert "calls so far: 0" in manifest["environment"]["upstream"]
+
+
+def test_both_origins_dumped_the_same_checkpoint_and_pixels(all_origins):
+    manifests = {o: read_json(all_origins / o / "dump" / "manifest.json") for o in ("mmseg0", "mmseg1")}
+    assert manifests["mmseg0"]["checkpoint"]["sha256"] == manifests["mmseg1"]["checkpoint"]["sha256"]
+    assert manifests["mmseg0"]["state_dict"]["sha256"] != ""
+    inputs = {o: load_file(str(all_origins / o / "dump" / "inputs.safetensors")) for o in manifests}
+    assert inputs["mmseg0"]["pixel_values"].shape == (1, 3, 90, 90)
+    assert np.array_equal(inputs["mmseg0"]["resized_image"], inputs["mmseg1"]["resized_image"])
+
+
+def test_origin_vs_origin_diverges_exactly_where_the_layernorm_eps_differs(all_origins):
+    """mmcls 0.25 builds downsample_layers.{1,2,3}.0 with eps 1e-5, mmpretrain 1.2 and HF ConvNext with 1e-6."""
+    table = read_json(all_origins / "origins.json")
+    rows = {r["name"]: r for r in table["rows"]}
+    assert table["origins"] == ["mmseg0", "mmseg1"]
+    between = {name: row["origins"]["mmseg1"] for name, row in rows.items() if row["origins"].get("mmseg1")}
+    for name in ("backbone.downsample_layers.0", "backbone.stages.0", "backbone.norm0", "decode_head.lateral_convs.0"):
+        assert between[name]["max_abs"] == 0.0, name
+    assert between["backbone.downsample_layers.1"]["max_abs"] > 0
+    port = {name: row["port"] for name, row in rows.items() if row["kind"] == "capture"}
+    first = "backbone.downsample_layers.1"
+    assert port[first]["mmseg1"]["max_abs"] < port[first]["mmseg0"]["max_abs"] / 4
+    assert "return.predict.seg_logits" in table["only_in"]["mmseg1"]
+    assert "origin vs origin" in (all_origins / "origins.md").read_text()
+
+
+def test_layernorm_eps_of_each_stack():
+    code = """
+import torch
+from orchestrator.registry import all_recipes
+from converters.upernet import origin
+recipe = all_recipes()["upernet-convnext-tiny-random"].model_copy(update={{"origin": {o!r}}})
+m = origin.build_original(recipe)
+print(m.backbone.downsample_layers[0][1].eps, m.backbone.downsample_layers[1][0].eps, m.backbone.norm0.eps,
+      m.backbone.stages[0][0].norm.eps)
+"""
+    assert in_env("mmseg0", code.format(o="mmseg0")).split() == ["1e-06", "1e-05", "1e-06", "1e-06"]
+    assert in_env("mmseg1", code.format(o="mmseg1")).split() == ["1e-06", "1e-06", "1e-06", "1e-06"]
+
+
+@pytest.mark.parametrize("env", ["mmseg0", "mmseg1"])
+def test_mmcv_ops_shim_is_narrow_raises_and_is_never_called_by_a_real_forward(env):
+    """The shim only stands in for symbols of code UperNet never runs: a real load + forward leaves it uncalled."""
+    code = f"""
+import sys, numpy as np, torch
+from converters.upernet import mmcv_ops_shim as shim
+from converters.upernet import origin
+from converters.dumping import synthetic_image
+from orchestrator.registry import all_recipes
+recipe = all_recipes()["upernet-convnext-tiny-random"].model_copy(update={{"origin": {env!r}}})
+model = origin.build_original(recipe)
+ops = sys.modules["mmcv.ops"]
+assert getattr(ops, "__parity_shim__", False), "the real mmcv.ops imported: no shim needed"
+assert sorted(n for n in vars(ops) if not n.startswith("__")) == sorted(shim.NAMES)
+import importlib.util
+assert importlib.util.find_spec("mmcv._ext") is None
+origin.randomize(model, 3)
+inputs, refs = origin.run_captures(recipe, model, {{"image": synthetic_image(1, 40, 40)}}, "cpu")
+assert shim.CALLS == [] and len(refs.tensors) > 30
+for name in shim.NAMES:
+    try:
+        getattr(ops, name)(torch.zeros(1))
+    except shim.ShimCalled:
+        pass
+    else:
+        raise AssertionError(name)
+print(shim.CALLS)
+"""
+    assert in_env(env, code).strip() == str(["sigmoid_focal_loss", "point_sample", "CrissCrossAttention", "PSAMask"])
+
+
+def test_recipe_configs_equal_the_configs_each_stack_ships():
+    """original_config is data; it must be what mmseg's own config files say (SyncBN->BN, no ImageNet init)."""
+    code = """
+import json, os
+from orchestrator.registry import all_recipes
+from converters.upernet.variants import ARCHS
+STACK = {stack!r}
+if STACK == "mmseg0":
+    import mmseg, mmcv
+    Config = mmcv.Config
+    name = "upernet_convnext_{{size}}_fp16_{{crop}}x{{crop}}_160k_ade20k.py"
+else:
+    import mmseg
+    from mmengine import Config
+    name = "convnext-{{size}}_upernet_8xb2-amp-160k_ade20k-{{crop}}x{{crop}}.py"
+root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "convnext")
+def norm(value):
+    return json.loads(json.dumps(value))
+bad = []
+for size, (arch, chans, crop, stride, scale, url) in ARCHS.items():
+    cfg = Config.fromfile(os.path.join(root, name.format(size=size, crop=crop)))
+    model = norm(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model))
+    for head in ("decode_head", "auxiliary_head"):
+        assert model[head]["norm_cfg"]["type"] == "SyncBN"
+        model[head]["norm_cfg"]["type"] = "BN"
+    assert model["backbone"]["init_cfg"]["type"] == "Pretrained"
+    model["backbone"]["init_cfg"] = None
+    recipe = all_recipes()["upernet-convnext-" + size].original_config[STACK]
+    if model != recipe["model"]:
+        bad.append((size, "model"))
+    if norm(cfg.test_pipeline) != recipe["test_pipeline"]:
+        bad.append((size, "test_pipeline", norm(cfg.test_pipeline)))
+print(json.dumps(bad))
+"""
+    for stack in ("mmseg0", "mmseg1"):
+        assert json.loads(in_env(stack, code.format(stack=stack))) == [], stack
+
+
+def test_port_passes_against_the_golden_fixture_for_both_stacks(tmp_path):
+    parity("diff", "--dump", str(FIXTURE), "--out", str(tmp_path), check=0)
+    report = read_json(tmp_path / "report.json")
+    assert report["dump_producer"] == "fixture" and report["verdict"] == "pass"
+    fixture_refs = {r["key"] for r in read_json(FIXTURE / "fixture.json")["references"]}
+    names = {c["name"] for c in report["captures"]}
+    assert names == fixture_refs
+    assert any(n.startswith("mmseg1.") for n in names)
+    assert all(c["atol"] <= 1e-5 for c in report["captures"])
+
+
+def test_both_origins_reproduce_the_golden_fixture(tmp_path):
+    """The fixture's checkpoint and image through OUR origin code, in both stacks: its references come back.
+
+    Preprocessing is bit-identical; activations agree to fp32 noise (fixture: torch 2.13 CPU; here torch 2.14.1)."""
+    parity("convert", "upernet-fixture-convnext-tiny", "--origin", "all", "--out", str(tmp_path), check=0)
+    theirs = load_file(str(FIXTURE / "reference.safetensors"))
+    theirs_in = load_file(str(FIXTURE / "inputs.safetensors"))
+    root = tmp_path / "upernet-fixture-convnext-tiny"
+    for stack, prefix in (("mmseg0", ""), ("mmseg1", "mmseg1.")):
+        ours = load_file(str(root / stack / "dump" / "reference.safetensors"))
+        ours_in = load_file(str(root / stack / "dump" / "inputs.safetensors"))
+        assert np.array_equal(ours_in["pixel_values"], theirs_in["pixel_values"]), stack
+        expected = {k[len(prefix):] for k in theirs if k.startswith(prefix) and (prefix or not k.startswith("mmseg1."))}
+        assert expected - {"backbone.input"} <= set(ours), stack
+        for key in expected & set(ours):
+            ref = theirs[prefix + key]
+            scale = max(float(np.abs(ref).max()), 1.0)
+            assert float(np.abs(ours[key].astype(np.float64) - ref).max()) <= 2.5e-6 * scale, (stack, key)
+    table = read_json(root / "origins.json")
+    between = {r["name"]: r["origins"]["mmseg1"] for r in table["rows"] if r["origins"].get("mmseg1")}
+    cross = read_json(FIXTURE / "fixture.json")["cross_stack"]["max_abs_diff_old_minus_new"]
+    for key in ("backbone.downsample_layers.1", "backbone.stages.3", "return.encode_decode"):
+        assert abs(between[key]["max_abs"] - cross[key]) <= 0.25 * cross[key], key
+
+
+def test_mutation_suite_every_corruption_is_caught_where_it_first_matters(tmp_path):
+    from converters.upernet.selftest import MUTATIONS
+
+    result = parity("selftest", "upernet", "--out", str(tmp_path), check=0)
+    assert f"mutations caught at the expected capture: {len(MUTATIONS)} of {len(MUTATIONS)}" in result.stdout
+
+
+@pytest.mark.parametrize("mutation,first", [
+    ({"kind": "zero", "key": "backbone.encoder.stages.1.layers.0.layer_scale_parameter"}, "backbone.stages.1"),
+    ({"kind": "swap", "key": "decode_head.fpn_convs.1.conv.weight", "other": "decode_head.fpn_convs.2.conv.weight"},
+     "decode_head.fpn_convs.1"),
+    ({"kind": "scale", "key": "auxiliary_head.convs.0.conv.weight", "factor": 1.01}, "auxiliary_head.convs"),
+], ids=["gamma", "fpn-swap", "aux"])
+def test_diff_mutate_names_the_first_affected_capture(all_origins, tmp_path, mutation, first):
+    parity("diff", "--dump", str(all_origins / "mmseg1" / "dump"), "--out", str(tmp_path), "--mutate",
+           json.dumps(mutation), check=1)
+    report = read_json(tmp_path / "report.json")
+    assert report["verdict"] == "fail" and report["first_divergence"] == first
+    assert not (tmp_path / "hf").exists()
+
+
+def test_dropped_weight_is_caught_by_strict_accounting(all_origins, tmp_path):
+    key = "backbone.encoder.stages.2.layers.1.layer_scale_parameter"
+    result = parity("diff", "--dump", str(all_origins / "mmseg0" / "dump"), "--out", str(tmp_path), "--mutate",
+                    json.dumps({"kind": "drop", "key": key}), check=2)
+    assert key in error_line(result)
+
+
+def test_saved_port_reloads_with_from_pretrained(all_origins):
+    folder = all_origins / "mmseg0"
+    code = f"""
+import torch
+from safetensors.torch import load_file
+from transformers import UperNetForSemanticSegmentation, AutoImageProcessor
+model = UperNetForSemanticSegmentation.from_pretrained({str(folder / 'hf')!r}).eval()
+processor = AutoImageProcessor.from_pretrained({str(folder / 'hf')!r})
+pixels = load_file({str(folder / 'dump' / 'inputs.safetensors')!r})["pixel_values"]
+refs = load_file({str(folder / 'dump' / 'reference.safetensors')!r})
+with torch.no_grad():
+    logits = model(pixel_values=pixels).logits
+print((logits - refs["return.encode_decode"]).abs().max().item(), type(processor).__name__,
+      model.config.id2label[0], model.config.num_labels)
+"""
+    max_abs, processor, label, num_labels = in_env("transformers", code).split()
+    assert float(max_abs) < 1e-5
+    assert processor.startswith("Segformer") and label == "wall" and num_labels == "6"
+
+
+def test_processor_verdict_separates_resize_from_normalisation(all_origins):
+    processor = read_json(all_origins / "mmseg0" / "report.json")["processor"]
+    checks = {c["name"]: c for c in processor["checks"]}
+    assert checks["pixel_values (normalisation only)"]["verdict"] == "pass"
+    assert checks["pixel_values"]["port_shape"] == checks["pixel_values"]["origin_shape"]
+    assert "cv2" in processor["note"]
+
+
+def test_unknown_origin_is_one_line(tmp_path):
+    result = parity("convert", TINY, "--origin", "mmseg9", "--out", str(tmp_path), check=2)
+    assert "unknown origin 'mmseg9'" in error_line(result)
+
+
+def _generated(tmp_path):
+    checkpoint = tmp_path / "tiny.pth"
+    parity("generate", TINY, "--seed", "4", "--out", str(checkpoint), check=0)
+    return checkpoint
+
+
+def test_truncated_and_incomplete_checkpoints(tmp_path):
+    checkpoint = _generated(tmp_path)
+    data = checkpoint.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    result = parity("convert", TINY, "--checkpoint", str(truncated), "--out", str(tmp_path / "a"), check=2)
+    assert "truncated" in error_line(result) and str(truncated) in error_line(result)
+    assert not (tmp_path / "a" / TINY / "report.json").exists()
+    in_env("mmseg0", f"""
+import torch
+ckpt = torch.load({str(checkpoint)!r}, weights_only=True)
+del ckpt["state_dict"]["decode_head.conv_seg.bias"]
+torch.save(ckpt, {str(checkpoint)!r})
+""")
+    result = parity("convert", TINY, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), check=2)
+    assert "does not fit the original model" in error_line(result) and "decode_head.conv_seg.bias" in error_line(result)
