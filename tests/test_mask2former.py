@@ -302,3 +302,33 @@ except Exception as exc:
     print(type(exc).__name__)
 """)
     assert out.split() == ["True", "ParityError"]
+
+
+@slow
+@pytest.mark.parametrize("recipe", FIXTURE_RECIPES, ids=[r.id for r in FIXTURE_RECIPES])
+def test_every_recipe_config_value_equals_the_fixtures_merged_detectron2_yaml(recipe):
+    """config.yaml is cfg.dump() of the fully merged upstream config: each leaf the recipe states must be there with
+    the same value (this checks the shared base values of the model-zoo table too, e.g. 1024-wide encoder FFN aside,
+    DROP_PATH_RATE, PRETRAIN_IMG_SIZE, thresholds and the deformable encoder's settings)."""
+    folder = FIXTURES / recipe.checkpoint.fixture
+    dumped = json.loads(in_env("transformers", f"""
+import json, yaml
+print(json.dumps(yaml.safe_load(open({str(folder / 'config.yaml')!r}))))
+"""))
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    sections = {k: v for k, v in recipe.original_config.items() if k in ("MODEL", "INPUT", "DATASETS", "TEST")}
+    checked = 0
+    for key, value in leaves(sections):
+        node = dumped
+        for part in key.split("."):
+            node = node[part]
+        assert node == value or (isinstance(value, float) and abs(node - value) < 1e-9), (key, node, value)
+        checked += 1
+    assert checked > 60
