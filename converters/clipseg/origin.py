@@ -243,7 +243,7 @@ def preprocess(recipe: Recipe, images: dict[str, np.ndarray]) -> torch.Tensor:
     mean, std = torch.tensor(pre["mean"]).view(3, 1, 1), torch.tensor(pre["std"]).view(3, 1, 1)
     rows = []
     for name in sorted(images, key=lambda n: (n != "image", n)):
-        x = (torch.from_numpy(np.ascontiguousarray(images[name])).permute(2, 0, 1).float() / 255.0 - mean) / std
+        x = (torch.from_numpy(np.array(images[name], copy=True)).permute(2, 0, 1).float() / 255.0 - mean) / std
         if tuple(x.shape[-2:]) != (pre["size"], pre["size"]):
             import torchvision.transforms as T
 

@@ -186,7 +186,7 @@ def preprocess(recipe: Recipe, raw: np.ndarray, *, keep_size: bool) -> torch.Ten
     model resolution, or the interpolation image (keep_size), is only converted and normalised."""
     pre = recipe.original_config["preprocessing"]
     size = recipe.original_config["constructor"]["img_size"][0]
-    image = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1).float() / 255.0
+    image = torch.from_numpy(np.array(raw, copy=True)).permute(2, 0, 1).float() / 255.0
     if not keep_size and tuple(raw.shape[:2]) != (size, size):
         import torchvision.transforms.functional as tvf
         from PIL import Image
