@@ -220,8 +220,12 @@ def test_post_processed_outputs_and_processor_verdicts_are_reported(fixture_runs
         # detectron2 pads, transformers stretches to the size divisor: reported, not hidden
         assert checks["pixel_values[valid region]"]["verdict"] == "pass"
         assert checks["pixel_values"]["verdict"] == "fail" and "stretched" in processor["note"]
-        assert "postprocess.semantic.argmax" in checks
-        assert processor["verdict"] == "fail"
+        assert checks["postprocess.semantic.label_map"]["port_shape"] == checks["postprocess.semantic.label_map"]["origin_shape"]
+        assert processor["verdict"] == "fail" and "384x384" in processor["note"]
+    coco_checks = {c["name"]: c for c in coco["processor"]["checks"]}
+    for name in ("postprocess.panoptic.segmentation", "postprocess.panoptic.segments_info",
+                 "postprocess.instance.top_scores", "postprocess.instance.top_classes"):
+        assert coco_checks[name]["verdict"] in ("pass", "fail") and coco_checks[name]["max_abs"] is not None, name
 
 
 @slow

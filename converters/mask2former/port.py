@@ -202,12 +202,11 @@ def _nchw(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
-_last_model: dict[str, Any] = {}
-"""processor_checks gets no model; the post-processing comparison reuses the one port_captures ran."""
+_last_outputs: dict[str, Any] = {}
+"""processor_checks gets no model: the post-processing comparison reuses the outputs port_captures produced."""
 
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
-    _last_model["model"] = model
     swin = model.get_submodule(f"{SWIN}.swin")
     depths = list(recipe.original_config["MODEL"]["SWIN"]["DEPTHS"])
     stage_last = [f"{SWIN}.swin.encoder.layers.{i}.blocks.{d - 1}" for i, d in enumerate(depths)]
@@ -220,6 +219,7 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
         outputs = model(pixel_values=pixel_values, output_auxiliary_logits=True)
     finally:
         hooks.remove()
+    _last_outputs["outputs"] = outputs
     calls = hooks.calls
     out: dict[str, tuple[str, torch.Tensor]] = {"backbone.input": ("pixel_values fed to the port", pixel_values)}
     tokens, (height, width) = calls[f"{SWIN}.swin.embeddings"][0]
@@ -279,11 +279,12 @@ def processor_checks(recipe: Recipe, processor, dump: Dump):
     if any(name.startswith("return.") for name in dump.references):
         from converters.mask2former import postprocess
 
-        model = _last_model.get("model")
-        if model is not None:
-            with torch.no_grad():
-                outputs = model(pixel_values=dump.inputs["pixel_values"].to(next(model.parameters()).device))
+        outputs = _last_outputs.get("outputs")
+        if outputs is not None:
             checks.extend(postprocess.image_processor_checks(recipe, processor, dump, outputs))
-            note += ("; post-processing: transformers' post_process_* resize mask logits to a fixed 384x384 and then "
-                     "to the target size, without cropping the padding the original crops (sem_seg_postprocess)")
+            note += ("; post-processing (postprocess.* checks): transformers' post_process_* upsample the mask logits "
+                     "of the whole PADDED canvas to a fixed 384x384 and then to the target size, while detectron2 "
+                     "upsamples to the padded size, crops the padding away and resizes (sem_seg_postprocess) -- label "
+                     "maps and panoptic segment areas move at object borders; instance scores are re-computed by "
+                     "transformers from those resized masks, the original keeps DETECTIONS_PER_IMAGE top-k pairs")
     return checks, {"processor": type(processor).__name__, "note": note}

@@ -139,14 +139,41 @@ def port_outputs(recipe, processor, dump, outputs) -> dict:
 
 
 def image_processor_checks(recipe, processor, dump, outputs) -> list[tuple]:
-    """transformers' own post-processing vs the original's post-processed outputs, where the layouts compare."""
+    """transformers' own post-processing (Mask2FormerImageProcessor.post_process_*, called as its docs show, with the
+    config's thresholds) vs the original's post-processed results, in comparable layouts."""
+    cfg = recipe.original_config
+    test = cfg["MODEL"]["MASK_FORMER"]["TEST"]
+    num_classes = cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
     checks = []
     refs = dump.references
     _, (height, width) = _sizes(dump)
     if "return.sem_seg" in refs:
         labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
-        checks.append(("postprocess.semantic.argmax",
-                       "Mask2FormerImageProcessor.post_process_semantic_segmentation (label map) vs "
-                       "argmax of the original's sem_seg", refs["return.sem_seg"].argmax(0).float(),
-                       labels.float().cpu()))
+        checks.append(("postprocess.semantic.label_map",
+                       "post_process_semantic_segmentation label map vs argmax of the original's sem_seg",
+                       refs["return.sem_seg"].argmax(0).float(), labels.float().cpu()))
+    if "return.panoptic_seg" in refs:
+        things = set(cfg.get("THING_IDS") or [])
+        result = processor.post_process_panoptic_segmentation(
+            outputs, threshold=test["OBJECT_MASK_THRESHOLD"], overlap_mask_area_threshold=test["OVERLAP_THRESHOLD"],
+            label_ids_to_fuse={c for c in range(num_classes) if c not in things}, target_sizes=[(height, width)])[0]
+        segmentation = result["segmentation"].float().cpu()
+        segmentation[segmentation < 0] = 0  # transformers marks 'no segment' -1, detectron2 0
+        checks.append(("postprocess.panoptic.segmentation",
+                       "post_process_panoptic_segmentation segment ids (-1 -> 0)", refs["return.panoptic_seg"],
+                       segmentation))
+        rows = [[s["id"], float(s["label_id"] in things), s["label_id"]] for s in result["segments_info"]]
+        checks.append(("postprocess.panoptic.segments_info", "segments_info rows [id, isthing, label_id]",
+                       refs["return.panoptic_seg.segments_info"], torch.tensor(rows, dtype=torch.float32).reshape(-1, 3)))
+    if "return.instances.scores" in refs:
+        result = processor.post_process_instance_segmentation(
+            outputs, threshold=0.0, target_sizes=[(height, width)], return_binary_maps=True)[0]
+        order = torch.argsort(refs["return.instances.scores"], descending=True)
+        theirs = sorted(((s["score"], s["label_id"]) for s in result["segments_info"]), reverse=True)
+        k = len(order)
+        checks.append(("postprocess.instance.top_scores",
+                       f"post_process_instance_segmentation scores, best {k} (original keeps DETECTIONS_PER_IMAGE)",
+                       refs["return.instances.scores"][order], torch.tensor([t[0] for t in theirs[:k]])))
+        checks.append(("postprocess.instance.top_classes", "their classes, in the same score order",
+                       refs["return.instances.pred_classes"][order], torch.tensor([float(t[1]) for t in theirs[:k]])))
     return checks
