@@ -149,3 +149,35 @@ def test_origin_is_docker_only_with_a_one_line_error(tmp_path):
     assert "origin 'clipseg' cannot run in a local venv here" in line and "--backend docker" in line
     assert "timojl/clipseg" in line
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_origin_helpers_without_the_upstream_packages(tmp_path):
+    """Everything in origin.py that needs neither clip nor clipseg: preprocessing reproduces the fixtures' pixel values
+    bit for bit, the expected key sets match the fixture files, the tower location honours PARITY_CLIP_CHECKPOINT."""
+    out = in_env("fixtures", f"""
+import os, numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from safetensors.torch import load_file
+from converters.clipseg import origin
+from converters.clipseg.variants import FIXTURE_RECIPES, PUBLISHED
+for name in ('clipseg-tiny-rd16', 'clipseg-tiny-clip-vit-b16'):
+    fx = Path({str(FIXTURES)!r}) / name
+    names = sorted(p.stem for p in fx.glob('image*.png'))
+    images = {{n: np.asarray(Image.open(fx / (n + '.png')).convert('RGB')) for n in names}}
+    print(torch.equal(origin.preprocess(FIXTURE_RECIPES[name], images), load_file(str(fx / 'inputs.safetensors'))['pixel_values']))
+recipe = FIXTURE_RECIPES['clipseg-tiny-rd64-refined']
+dec = torch.load(Path({str(REFINED)!r}) / 'clipseg_decoder.pth', weights_only=True)
+tower = torch.load(Path({str(FIXTURES)!r}) / 'clipseg-tiny-clip-vit-b16' / 'clip_vit_b16_tiny.pt', weights_only=True)
+print(set(dec) == origin.decoder_keys(recipe.original_config['decoder']),
+      set(tower) - set(origin.ARCHIVE_SCALARS) == origin.tower_keys(recipe.original_config['clip']),
+      len(origin.decoder_keys(FIXTURE_RECIPES['clipseg-tiny-rd16'].original_config['decoder'])))
+real = PUBLISHED[0]
+print(origin.tower_file(real, Path('/x/rd16-uni.pth')))
+os.environ['PARITY_CLIP_CHECKPOINT'] = {str(tmp_path / 'ViT-B-16.pt')!r}
+print(origin.tower_file(real, Path('/x/rd16-uni.pth')))
+""").splitlines()
+    assert out[:2] == ["True", "True"]
+    assert out[2] == "True True 36"
+    assert out[3] == "/opt/clip/ViT-B-16.pt"
+    assert out[4] == str(tmp_path / "ViT-B-16.pt")

@@ -119,3 +119,44 @@ def test_origin_is_docker_only_with_a_one_line_error(tmp_path):
     assert "origin 'msn' cannot run in a local venv here" in line and "--backend docker" in line
     assert "facebookresearch/msn" in line
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_origin_helpers_without_the_upstream_package(tmp_path):
+    """Everything in origin.py that does not need src.deit: preprocessing reproduces the fixture's input tensors bit for
+    bit, the interpolation guard, the head's re-draw, and a one-line error for a truncated checkpoint."""
+    truncated = tmp_path / "truncated.pth.tar"
+    truncated.write_bytes((MSN_FIXTURE / "checkpoint.pth.tar").read_bytes()[:5000])
+    out = in_env("fixtures", f"""
+import numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from safetensors.torch import load_file
+from converters.vit_msn import origin
+from converters.vit_msn.variants import FIXTURE_RECIPE as recipe, PUBLISHED
+from orchestrator.errors import ParityError
+fx = Path({str(MSN_FIXTURE)!r})
+refs = load_file(str(fx / 'inputs.safetensors'))
+images = {{n: np.asarray(Image.open(fx / (n + '.png')).convert('RGB')) for n in ('image', 'image96')}}
+print(origin.interp_sizes(images),
+      torch.equal(origin.preprocess(recipe, images['image'], keep_size=False), refs['pixel_values']),
+      torch.equal(origin.preprocess(recipe, images['image96'], keep_size=True), refs['pixel_values_96']))
+for r in PUBLISHED:
+    origin.check_square_grid(r, 336)
+try:
+    origin.check_square_grid(PUBLISHED[0], 464)  # 14 -> 29 patches: floor(14 * sqrt(841 / 196)) == 28
+except ParityError as exc:
+    print('grid error')
+head = origin.projection_head(recipe)
+origin.randomize(head, 0)
+print(sorted(head.state_dict()) == sorted(k[len('module.fc.'):] for k in torch.load(fx / 'checkpoint.pth.tar',
+      weights_only=True)['target_encoder'] if k.startswith('module.fc.')),
+      all(not torch.all(v == 1) and not torch.all(v == 0) for k, v in head.state_dict().items() if v.is_floating_point()))
+try:
+    origin.fixture_state_dict(recipe, Path({str(truncated)!r}))
+except ParityError as exc:
+    print(str(exc))
+""").splitlines()
+    assert out[0] == "[96] True True"
+    assert out[1] == "grid error"
+    assert out[2] == "True True"
+    assert "truncated" in out[3] and str(truncated) in out[3]

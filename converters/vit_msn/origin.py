@@ -203,7 +203,9 @@ def interp_sizes(images: dict[str, np.ndarray]) -> list[int]:
 
 
 def check_square_grid(recipe: Recipe, size: int) -> None:
-    """The original only interpolates square grids, by scale_factor: refuse sizes it would get wrong."""
+    """The original only interpolates square grids, by scale_factor=sqrt(npatch / N); F.interpolate floors
+    grid * scale_factor, which for e.g. 14 -> 29 patches (464 px at patch 16) gives 28: the original would crash on a
+    position table one row short. transformers passes size=(29, 29) and works. Refuse such sizes up front."""
     cfg = recipe.original_config["constructor"]
     grid, new = cfg["img_size"][0] // cfg["patch_size"], size // cfg["patch_size"]
     if math.floor(grid * math.sqrt(new * new / (grid * grid))) != new:
