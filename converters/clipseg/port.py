@@ -210,6 +210,10 @@ def processor_checks(recipe: Recipe, processor, dump: Dump):
     note = (f"tokenizer: CLIPTokenizer(vocab, merges) from open_clip's {BPE_FILE} (md5 {BPE_MD5}), "
             f"{processor.tokenizer.vocab_size} tokens; the original pads with 0 where HF pads with <|endoftext|> "
             "(irrelevant to the causal text tower and EOT pooling, normalised here)")
+    size = recipe.original_config["preprocessing"]["size"]
+    if any((im.height, im.width) != (size, size) for im in images):
+        note += (f"; images not at {size}x{size}: the original normalises THEN resizes the tensor (torchvision), "
+                 "ViTImageProcessor resizes the PIL image first, so pixel values differ at the edges")
     return checks, {"processor": "CLIPSegProcessor(ViTImageProcessor, CLIPTokenizer)", "note": note}
 
 
