@@ -174,7 +174,8 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
         loaded = load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True)
     except RuntimeError as exc:
         text = str(exc)
-        if "Missing key" in text or "Unexpected key" in text or "size mismatch" in text:
+        lowered = text.lower()
+        if "missing key" in lowered or "unexpected key" in lowered or "size mismatch" in lowered:
             lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             raise ParityError(f"checkpoint {checkpoint} does not fit the original model: {' '.join(lines[:3])[:400]}") from None
         raise ParityError(f"checkpoint {checkpoint} is not readable by the original loader (truncated or damaged?): "
