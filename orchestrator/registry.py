@@ -73,6 +73,8 @@ def select(selector: str | None) -> list[Recipe]:
     recipes = all_recipes()
     if not selector:
         return list(recipes.values())
+    # ids are lower case by the Recipe pattern; published names are not always (mask2former-swin-base-IN21k-...)
+    selector = selector.lower()
     if selector in recipes:
         return [recipes[selector]]
     matched = [r for rid, r in recipes.items() if rid.startswith(selector)]
