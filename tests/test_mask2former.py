@@ -336,3 +336,8 @@ print(json.dumps(yaml.safe_load(open({str(folder / 'config.yaml')!r}))))
         assert node == value or (isinstance(value, float) and abs(node - value) < 1e-9), (key, node, value)
         checked += 1
     assert checked > 60
+
+
+def test_published_spelling_selects_the_lower_case_ids():
+    assert [r.id for r in select("mask2former-swin-base-IN21k-coco-panoptic")] == ["mask2former-swin-base-in21k-coco-panoptic"]
+    assert len(select("mask2former-swin-base-IN21k-cityscapes")) == 3

@@ -81,5 +81,5 @@ def hf_values(cfg: dict[str, Any]) -> dict[str, Any]:
         "oversample_ratio": m2f["OVERSAMPLE_RATIO"],
         "importance_sample_ratio": m2f["IMPORTANCE_SAMPLE_RATIO"],
         "feature_strides": [4, 8, 16, 32],
-        "output_auxiliary_logits": True,
+        "output_auxiliary_logits": None,
     }
