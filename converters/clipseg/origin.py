@@ -12,6 +12,7 @@ Upstream imports live inside functions, so `fixture_state_dict` runs in the torc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tens
     decoder, tower = split_layout(recipe, read_tensors(checkpoint, "checkpoint"), checkpoint)
     if not tower:
         path = tower_file(recipe, checkpoint)
+        expected = clip_cfg["source"].get("sha256")
+        if expected and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise ParityError(f"CLIP tower {path} does not have the sha256 the recipe pins ({expected[:16]}…)")
         tower = read_tensors(path, "CLIP tower")
         _check(set(tower) - set(ARCHIVE_SCALARS), tower_keys(clip_cfg), path, "CLIP tower")
     state = {TOWER + k: v.float() for k, v in tower.items() if k not in ARCHIVE_SCALARS}
