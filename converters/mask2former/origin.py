@@ -89,7 +89,24 @@ def build_cfg(recipe: Recipe, device: str = "cpu"):
         flat += [key, tuple(ours) if isinstance(ours, list) else ours]
     cfg.merge_from_list(flat + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""])
     cfg.freeze()
+    _check_thing_ids(recipe, cfg)
     return cfg
+
+
+def _check_thing_ids(recipe: Recipe, cfg) -> None:
+    """The recipe's THING_IDS (used by the port side's post-processing) must be what MaskFormer reads from the
+    dataset metadata (thing_dataset_id_to_contiguous_id of DATASETS.TRAIN[0]), restricted to NUM_CLASSES."""
+    from detectron2.data import MetadataCatalog
+
+    ours = recipe.original_config.get("THING_IDS")
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    if ours is None or not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+        return
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    theirs = sorted(i for i in meta.thing_dataset_id_to_contiguous_id.values() if i < num_classes)
+    if sorted(ours) != theirs:
+        raise ParityError(f"recipe {recipe.id}: THING_IDS {sorted(ours)[:8]}... differ from the metadata of "
+                          f"{cfg.DATASETS.TRAIN[0]} ({theirs[:8]}...)")
 
 
 def build_original(recipe: Recipe, device: str = "cpu") -> nn.Module:
