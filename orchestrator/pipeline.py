@@ -73,7 +73,7 @@ def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Pr
         backend.run(family_of(recipe).importer_env, ["import-fixture", "--recipe", str(recipe_path), "--fixture", str(fixture),
                                     "--out", str(dump_dir)],
                     log=cache / "logs" / f"import-{fixture.name}.log", on_progress=on_progress,
-                    readonly=[recipe_path, fixture], writable=[dump_dir.parent])
+                    readonly=[recipe_path, fixture.parent], writable=[dump_dir.parent])
     return dump_dir
 
 
