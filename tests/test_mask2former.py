@@ -54,7 +54,7 @@ def test_real_variant_points_at_its_model_zoo_file_and_config(recipe):
     m = re.fullmatch(r"https://dl\.fbaipublicfiles\.com/maskformer/mask2former/(\w+)/(\w+)/(\w+)/model_final_([0-9a-f]{6})\.pkl",
                      url)
     assert m, url
-    dataset_folder, task, run, _md5 = m.groups()
+    _dataset, task, run, _md5 = m.groups()
     assert recipe.id.endswith(f"-{task}")
     assert cfg["CONFIG_FILE"].endswith(f"{task}-segmentation/swin/{run}.yaml")
     size = recipe.id.split("-")[2]

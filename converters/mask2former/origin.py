@@ -126,7 +126,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
         checkpoint_data = checkpointer._load_file(str(checkpoint))
     except FileNotFoundError:
         raise ParityError(f"checkpoint not found: {checkpoint}") from None
-    except Exception as exc:  # pickle / zip errors of damaged files
+    except Exception as exc:  # noqa: BLE001 -- pickle raises many types for damaged files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ParityError(f"checkpoint {checkpoint} is not a readable detectron2 file (truncated or damaged?): "
                           f"{reason}") from None

@@ -20,7 +20,6 @@ PIXEL = "model.pixel_level_module.decoder"
 DECODER = "model.transformer_module"
 
 
-
 # ----------------------------------------------------------------------------------------------------------------------
 # configuration
 
@@ -207,7 +206,6 @@ _last_outputs: dict[str, Any] = {}
 
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
-    swin = model.get_submodule(f"{SWIN}.swin")
     depths = list(recipe.original_config["MODEL"]["SWIN"]["DEPTHS"])
     stage_last = [f"{SWIN}.swin.encoder.layers.{i}.blocks.{d - 1}" for i, d in enumerate(depths)]
     enc_layers = recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
@@ -253,7 +251,8 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
 
 
 def postprocessed(recipe: Recipe, processor, dump: Dump, outputs) -> dict[str, tuple[str, torch.Tensor]]:
-    """The image processor's post-processing of the port's outputs, for the original's post-processed references."""
+    """The original's post-processing rules applied to the port's raw outputs, paired with the original's `return.*`
+    references (transformers' own post_process_* are compared in processor_checks)."""
     from converters.mask2former import postprocess
 
     return postprocess.port_outputs(recipe, processor, dump, outputs)
