@@ -49,7 +49,7 @@ DATASETS = {
     ("ade", "panoptic"): dict(classes=150, train="ade20k_panoptic_train", test="ade20k_panoptic_val", min=640,
                               max=2560, flags=(True, True, True), labels="ade20k.json", things="ade20k-thing-ids.json"),
     ("ade", "instance"): dict(classes=100, train="ade20k_instance_train", test="ade20k_instance_val", min=640,
-                              max=2560, flags=(False, True, False), labels=None, things=list(range(100))),
+                              max=2560, flags=(False, True, False), labels="ade20k-instance.json", things=list(range(100))),
     ("cityscapes", "semantic"): dict(classes=19, train="cityscapes_fine_sem_seg_train", test="cityscapes_fine_sem_seg_val",
                                      min=1024, max=2048, flags=(True, False, False), labels="cityscapes.json"),
     ("cityscapes", "instance"): dict(classes=8, train="cityscapes_fine_instance_seg_train",
