@@ -234,6 +234,11 @@ def test_saved_port_reloads_and_reverifies(fixture_runs, tmp_path):
     assert (hf / "config.json").is_file() and (hf / "preprocessor_config.json").is_file()
     config = read_json(hf / "config.json")
     assert config["num_queries"] == 10 and config["backbone_config"]["window_size"] == 4
+    processor = read_json(hf / "preprocessor_config.json")
+    assert processor["size"] == {"shortest_edge": 80, "longest_edge": 1333} and processor["size_divisor"] == 32
+    assert processor["image_mean"] == pytest.approx([123.675 / 255, 116.28 / 255, 103.53 / 255])
+    assert processor["image_std"] == pytest.approx([58.395 / 255, 57.12 / 255, 57.375 / 255])
+    assert processor["ignore_index"] == 255
     parity("diff", "--dump", str(COCO), "--port", str(hf), "--out", str(tmp_path), check=0)
     report = read_json(tmp_path / "report.json")
     assert report["port"] == str(hf) and report["verdict"] == "pass"
@@ -341,3 +346,44 @@ print(json.dumps(yaml.safe_load(open({str(folder / 'config.yaml')!r}))))
 def test_published_spelling_selects_the_lower_case_ids():
     assert [r.id for r in select("mask2former-swin-base-IN21k-coco-panoptic")] == ["mask2former-swin-base-in21k-coco-panoptic"]
     assert len(select("mask2former-swin-base-IN21k-cityscapes")) == 3
+
+
+@slow
+def test_published_variants_build_the_architecture_their_config_names():
+    """hf_config on the real table, built on the meta device: the tensors that encode each config value."""
+    out = in_env("transformers", """
+import json, torch, transformers
+from orchestrator.registry import all_recipes
+from converters.mask2former import port
+rows = {}
+for rid in ("mask2former-swin-large-coco-panoptic", "mask2former-swin-tiny-ade-semantic",
+            "mask2former-swin-large-mapillary-vistas-semantic"):
+    recipe = all_recipes()[rid]
+    config = port.hf_config(recipe)
+    with torch.device("meta"):
+        model = transformers.Mask2FormerForUniversalSegmentation(config)
+    sd = model.state_dict()
+    stage3 = {k.split(".")[8] for k in sd if ".encoder.layers.2.blocks." in k and "swin" in k}
+    rows[rid] = {
+        "classes": list(sd["class_predictor.weight"].shape),
+        "queries": list(sd["model.transformer_module.queries_features.weight"].shape),
+        "stage3_blocks": len(stage3),
+        "table": list(sd["model.pixel_level_module.encoder.swin.encoder.layers.3.blocks.0.attention."
+                         "relative_position_bias.relative_position_bias_table"].shape),
+        "decoder_layers": len({k.split(".")[4] for k in sd if k.startswith("model.transformer_module.decoder.layers.")}),
+        "encoder_layers": len({k.split(".")[5] for k in sd if k.startswith("model.pixel_level_module.decoder.encoder.layers.")}),
+        "id2label0": config.id2label[0],
+        "ignore": port.build_processor(recipe).ignore_index,
+    }
+print(json.dumps(rows))
+""")
+    rows = json.loads(out.strip().splitlines()[-1])
+    large = rows["mask2former-swin-large-coco-panoptic"]
+    assert large["classes"] == [134, 256] and large["queries"] == [200, 256] and large["stage3_blocks"] == 18
+    assert large["table"] == [23 * 23, 48] and large["decoder_layers"] == 9 and large["encoder_layers"] == 6
+    assert large["id2label0"] == "person" and large["ignore"] == 255
+    tiny = rows["mask2former-swin-tiny-ade-semantic"]
+    assert tiny["classes"] == [151, 256] and tiny["queries"] == [100, 256] and tiny["stage3_blocks"] == 6
+    assert tiny["table"] == [13 * 13, 24] and tiny["id2label0"] == "wall"
+    vistas = rows["mask2former-swin-large-mapillary-vistas-semantic"]
+    assert vistas["classes"] == [66, 256] and vistas["ignore"] == 65 and vistas["id2label0"] == "Bird"
