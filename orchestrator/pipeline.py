@@ -41,6 +41,7 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
               device: str, threads: int, on_progress: Progress, all_modules: bool = False,
               resolved: ResolvedCheckpoint | None = None) -> Path:
     """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
+    backend.prepare(recipe.origin, on_progress)
     resolved = resolved or resolve(recipe, checkpoint, sha256)
     dump_dir = out / "dump"
     logs = out / "logs"

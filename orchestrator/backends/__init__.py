@@ -14,6 +14,9 @@ Progress = Callable[[str], None]
 class Backend(Protocol):
     name: str
 
+    def prepare(self, env: str, on_progress: Progress) -> None:
+        """Make sure `env` can run (build it if needed) or raise ParityError, before any costly step starts."""
+
     def run(self, env: str, args: list[str], *, log: Path, on_progress: Progress, readonly: list[Path],
             writable: list[Path], network: bool = False) -> None:
         """Run `python -m converters.runtime *args` in environment `env`; raise ParityError on failure.

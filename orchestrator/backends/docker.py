@@ -125,6 +125,9 @@ class DockerBackend:
             raise ParityError(f"building {tag} failed: {exc.explanation or exc}") from None
         return tag
 
+    def prepare(self, env: str, on_progress: Progress) -> None:
+        self.ensure_image(env, on_progress)
+
     def run(self, env: str, args: list[str], *, log: Path, on_progress: Progress, readonly: list[Path],
             writable: list[Path], network: bool = False) -> None:
         self.ensure_image(env, on_progress)

@@ -15,6 +15,9 @@ from orchestrator.errors import ParityError
 class LocalBackend:
     name = "local"
 
+    def prepare(self, env: str, on_progress: Progress) -> None:
+        ensure_env(env, on_progress)
+
     def run(self, env: str, args: list[str], *, log: Path, on_progress: Progress, readonly: list[Path],
             writable: list[Path], network: bool = False) -> None:
         python = ensure_env(env, on_progress)
