@@ -278,3 +278,16 @@ torch.save(ckpt, {str(checkpoint)!r})
 """)
     result = parity("convert", TINY, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "b"), check=2)
     assert "does not fit the original model" in error_line(result) and "decode_head.conv_seg.bias" in error_line(result)
+
+
+def test_mmcv_comes_from_the_no_build_isolation_stage():
+    """orchestrator/envs.py: images/<env>/requirements-nobuildisolation.txt is a second, hashed install stage."""
+    from orchestrator import envs
+
+    pins = envs.pin_files("mmseg0")
+    assert [p.name for p in pins][-1] == envs.NO_BUILD_ISOLATION
+    assert [p.name for p in envs.pin_files("mmseg1")] == ["requirements.txt", "requirements.txt"]
+    envs.ensure_env("mmseg0")
+    record = read_json(envs.env_dir("mmseg0") / envs.COMPLETE)
+    assert envs.NO_BUILD_ISOLATION in record["pins"]
+    assert in_env("mmseg0", "import mmcv; print(mmcv.__version__)").strip() == "1.7.2"

@@ -65,9 +65,10 @@ def original_config(
     num_classes: int = 150,
     channels: int = 512,
     aux_channels: int = 256,
+    drop_path_rate: float = 0.4,
 ) -> dict[str, Any]:
     """Both stacks' model config (backbone, heads, test_cfg) and test pipeline for one variant."""
-    backbone = {"arch": copy.deepcopy(arch), "out_indices": [0, 1, 2, 3], "drop_path_rate": 0.4,
+    backbone = {"arch": copy.deepcopy(arch), "out_indices": [0, 1, 2, 3], "drop_path_rate": drop_path_rate,
                 "layer_scale_init_value": 1.0, "gap_before_final_norm": False, "init_cfg": None}
     test_cfg = {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]}
     heads = _heads(in_channels, channels, aux_channels, num_classes)
@@ -155,7 +156,8 @@ def _real(size: str) -> Recipe:
         hub_id=f"openmmlab/upernet-convnext-{size}",
         checkpoint=CheckpointSource(kind="url", url=f"{MMSEG}/{path}", trust="trust-on-first-use",
                                     container=CONTAINER, filename=path.rsplit("/", 1)[1]),
-        original_config=original_config(arch=arch, in_channels=chans, crop=crop, stride=stride, img_scale=img_scale),
+        original_config=original_config(arch=arch, in_channels=chans, crop=crop, stride=stride, img_scale=img_scale,
+                                        drop_path_rate=0.3 if size == "small" else 0.4),
         hf=HF,
         inputs=_square_image(crop // 2, seed=21),
         tolerance=FULL_SIZE_DRIFT,
