@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from convert_cost import FLOOR, PARITY, measure  # noqa: E402  (same floor and conversion code as every family)
+from convert_cost import FLOOR, PARITY, measure
 
 FLOOR_PTH = """
 import sys, time, torch

@@ -167,7 +167,7 @@ def _convert_origins(recipes, origin: str, backend, out: Path, *, threads, **kwa
         with console.status(f"{recipe.id}: starting") as status:
             try:
                 found = convert_origins(recipe, backend, out, names, threads=_threads(recipe, threads),
-                                        on_progress=lambda m: status.update(f"{recipe.id}: {m}"), **kwargs)
+                                        on_progress=lambda m, rid=recipe.id: status.update(f"{rid}: {m}"), **kwargs)
             except ParityError as exc:
                 if len(recipes) == 1:
                     raise

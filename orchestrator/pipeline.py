@@ -150,6 +150,8 @@ def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: l
     root.mkdir(parents=True, exist_ok=True)
     (root / "origins.json").unlink(missing_ok=True)
     (root / "origins.md").unlink(missing_ok=True)
+    for origin in origins:
+        backend.prepare(origin, on_progress)
     resolved = resolve(recipe, checkpoint, sha256)
     if resolved.needs_generation:
         on_progress(f"{recipe.id}: generating the tiny original checkpoint in {recipe.origin}")
@@ -226,8 +228,8 @@ def _origins_markdown(result: dict) -> str:
 
     head = (["kind", "capture"] + [f"port vs {n}" for n in names] + [f"{first} vs {n}" for n in names[1:]])
     lines = [f"# {result['variant']}: origin vs origin, origin vs port", "",
-             f"Port verdicts: {', '.join(f'{n} {v}' for n, v in result['port_verdicts'].items())}. "
-             f"First origin divergence: {', '.join(f'{n}: {v}' for n, v in result['first_origin_divergence'].items())}.",
+             (f"Port verdicts: {', '.join(f'{n} {v}' for n, v in result['port_verdicts'].items())}. "
+              f"First origin divergence: {', '.join(f'{n}: {v}' for n, v in result['first_origin_divergence'].items())}."),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         cells = [row["kind"], f"`{row['name']}`"] + [cell(row["port"].get(n)) for n in names]

@@ -41,7 +41,7 @@ def install() -> str:
     if STATE["installed"] or STATE["real_ops"]:
         return describe()
     try:
-        import mmcv.ops  # noqa: F401  (the real thing, when mmcv was built with ops)
+        import mmcv.ops
 
         STATE["real_ops"] = True
         return describe()

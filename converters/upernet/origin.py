@@ -10,6 +10,7 @@ captures; upstream code is never modified. The only stand-in is the `mmcv.ops` i
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,11 @@ def config_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 def _import_stack(stack: str) -> None:
+    """What the configs' custom_imports do: register the backbone package's models, then mmseg's."""
     mmcv_ops_shim.install()
-    if stack == "mmseg0":
-        import mmcls.models  # noqa: F401  (registers mmcls.ConvNeXt, as the config's custom_imports does)
-        import mmseg.models  # noqa: F401
-    else:
-        import mmpretrain.models  # noqa: F401
-        import mmseg.models  # noqa: F401
+    backbone_package = "mmcls.models" if stack == "mmseg0" else "mmpretrain.models"
+    importlib.import_module(backbone_package)
+    importlib.import_module("mmseg.models")
 
 
 def build_original(recipe: Recipe) -> nn.Module:
@@ -154,7 +153,11 @@ def generate_checkpoint(recipe: Recipe, path: Path) -> None:
         save_checkpoint(model, str(path), meta=meta)
     else:
         import mmseg
-        from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
+        from mmengine.runner.checkpoint import (
+            get_state_dict,
+            save_checkpoint,
+            weights_to_cpu,
+        )
 
         meta["mmseg_version"] = mmseg.__version__
         save_checkpoint({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(model))}, str(path))
@@ -180,7 +183,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
             raise ParityError(f"checkpoint {checkpoint} does not fit the original model: {' '.join(lines[:3])[:400]}") from None
         raise ParityError(f"checkpoint {checkpoint} is not readable by the original loader (truncated or damaged?): "
                           f"{text.splitlines()[0] if text else type(exc).__name__}") from None
-    except Exception as exc:  # torch / zipfile / pickle errors for damaged archives
+    except Exception as exc:  # noqa: BLE001  (torch / zipfile / pickle errors for damaged archives)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ParityError(f"checkpoint {checkpoint} is not readable by the original loader (truncated or damaged?): "
                           f"{reason}") from None

@@ -61,21 +61,21 @@ def hf_config(recipe: Recipe):
         drop_path_rate=0.0,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
-    values: dict[str, Any] = dict(
-        backbone_config=backbone_config,
-        hidden_size=head["channels"],
-        pool_scales=list(head["pool_scales"]),
-        use_auxiliary_head=True,
-        auxiliary_loss_weight=aux["loss_decode"]["loss_weight"],
-        auxiliary_in_channels=aux["in_channels"],
-        auxiliary_channels=aux["channels"],
-        auxiliary_num_convs=aux["num_convs"],
-        auxiliary_concat_input=aux["concat_input"],
-        loss_ignore_index=255,
-        num_labels=num_classes,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
+    values: dict[str, Any] = {
+        "backbone_config": backbone_config,
+        "hidden_size": head["channels"],
+        "pool_scales": list(head["pool_scales"]),
+        "use_auxiliary_head": True,
+        "auxiliary_loss_weight": aux["loss_decode"]["loss_weight"],
+        "auxiliary_in_channels": aux["in_channels"],
+        "auxiliary_channels": aux["channels"],
+        "auxiliary_num_convs": aux["num_convs"],
+        "auxiliary_concat_input": aux["concat_input"],
+        "loss_ignore_index": 255,
+        "num_labels": num_classes,
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
     values.update(recipe.hf.config_overrides)
     return UperNetConfig(**values)
 

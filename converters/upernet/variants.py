@@ -108,20 +108,20 @@ def _square_image(side: int, seed: int) -> InputSpec:
 ARCHS = {
     # name: (mmcls arch, channels, crop, stride, img_scale, url file)
     "tiny": ("tiny", [96, 192, 384, 768], 512, 341, (2048, 512),
-             "upernet_convnext_tiny_fp16_512x512_160k_ade20k/"
-             "upernet_convnext_tiny_fp16_512x512_160k_ade20k_20220227_124553-cad485de.pth"),
+             ("upernet_convnext_tiny_fp16_512x512_160k_ade20k/"
+             "upernet_convnext_tiny_fp16_512x512_160k_ade20k_20220227_124553-cad485de.pth")),
     "small": ("small", [96, 192, 384, 768], 512, 341, (2048, 512),
-              "upernet_convnext_small_fp16_512x512_160k_ade20k/"
-              "upernet_convnext_small_fp16_512x512_160k_ade20k_20220227_131208-1b1e394f.pth"),
+              ("upernet_convnext_small_fp16_512x512_160k_ade20k/"
+              "upernet_convnext_small_fp16_512x512_160k_ade20k_20220227_131208-1b1e394f.pth")),
     "base": ("base", [128, 256, 512, 1024], 512, 341, (2048, 512),
-             "upernet_convnext_base_fp16_512x512_160k_ade20k/"
-             "upernet_convnext_base_fp16_512x512_160k_ade20k_20220227_181227-02a24fc6.pth"),
+             ("upernet_convnext_base_fp16_512x512_160k_ade20k/"
+             "upernet_convnext_base_fp16_512x512_160k_ade20k_20220227_181227-02a24fc6.pth")),
     "large": ("large", [192, 384, 768, 1536], 640, 426, (2560, 640),
-              "upernet_convnext_large_fp16_640x640_160k_ade20k/"
-              "upernet_convnext_large_fp16_640x640_160k_ade20k_20220226_040532-e57aa54d.pth"),
+              ("upernet_convnext_large_fp16_640x640_160k_ade20k/"
+              "upernet_convnext_large_fp16_640x640_160k_ade20k_20220226_040532-e57aa54d.pth")),
     "xlarge": ("xlarge", [256, 512, 1024, 2048], 640, 426, (2560, 640),
-               "upernet_convnext_xlarge_fp16_640x640_160k_ade20k/"
-               "upernet_convnext_xlarge_fp16_640x640_160k_ade20k_20220226_080344-95fc38c2.pth"),
+               ("upernet_convnext_xlarge_fp16_640x640_160k_ade20k/"
+               "upernet_convnext_xlarge_fp16_640x640_160k_ade20k_20220226_080344-95fc38c2.pth")),
 }
 
 FULL_SIZE_DRIFT = TolerancePolicy(overrides={
@@ -165,8 +165,8 @@ def _real(size: str) -> Recipe:
 
 
 TINY_ARCH = {"depths": [1, 1, 2, 1], "channels": [16, 32, 64, 128]}
-TINY = dict(arch=TINY_ARCH, in_channels=[16, 32, 64, 128], crop=512, stride=341, img_scale=(2048, 90), num_classes=6,
-            channels=16, aux_channels=8)
+TINY = {"arch": TINY_ARCH, "in_channels": [16, 32, 64, 128], "crop": 512, "stride": 341, "img_scale": (2048, 90),
+        "num_classes": 6, "channels": 16, "aux_channels": 8}
 
 
 def _tiny() -> Recipe:
