@@ -291,3 +291,18 @@ def test_mmcv_comes_from_the_no_build_isolation_stage():
     record = read_json(envs.env_dir("mmseg0") / envs.COMPLETE)
     assert envs.NO_BUILD_ISOLATION in record["pins"]
     assert in_env("mmseg0", "import mmcv; print(mmcv.__version__)").strip() == "1.7.2"
+
+
+def test_full_size_tiny_checkpoint_in_the_real_layout(tmp_path):
+    """60M parameters at ConvNeXt-T's real dims (3-3-9-3, 96..768, 150 classes), written by mmseg 0.30's own
+    save_checkpoint, converted via --checkpoint; full-size drift is judged by FULL_SIZE_DRIFT's measured overrides."""
+    checkpoint = tmp_path / "upernet_convnext_tiny_random.pth"
+    parity("generate", "upernet-convnext-tiny", "--seed", "5", "--out", str(checkpoint), check=0)
+    parity("convert", "upernet-convnext-tiny", "--checkpoint", str(checkpoint), "--out", str(tmp_path), check=0)
+    report = read_json(tmp_path / "upernet-convnext-tiny" / "report.json")
+    assert report["verdict"] == "pass"
+    assert report["conversion"]["source_keys"] == 268 and report["conversion"]["unused"] == []
+    captures = {c["name"]: c for c in report["captures"]}
+    assert captures["decode_head.conv_seg"]["origin_shape"] == [1, 150, 128, 128]
+    assert all(c["tolerance_reason"] for c in captures.values())
+    assert (tmp_path / "upernet-convnext-tiny" / "hf" / "config.json").is_file()
