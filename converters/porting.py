@@ -384,6 +384,41 @@ def heatmap(dump: Dump, captured: dict[str, tuple[str, torch.Tensor]], results: 
                    values=[[float(v) for v in row] for row in blocks])
 
 
+class ForwardHooks:
+    """Every call's output of the named port modules (and, for `inputs`, every call's first positional input)."""
+
+    def __init__(self, model, paths: Iterable[str], inputs: Iterable[str] = ()):
+        self.outputs: dict[str, list] = {p: [] for p in paths}
+        self.inputs: dict[str, list] = {p: [] for p in inputs}
+        self.handles = [model.get_submodule(p).register_forward_hook(self._record_output(p)) for p in self.outputs]
+        self.handles += [model.get_submodule(p).register_forward_pre_hook(self._record_input(p)) for p in self.inputs]
+
+    def _record_output(self, path: str):
+        def hook(_module, _args, output):
+            self.outputs[path].append(output)
+
+        return hook
+
+    def _record_input(self, path: str):
+        def hook(_module, args):
+            self.inputs[path].append(args[0])
+
+        return hook
+
+    def first(self, path: str) -> torch.Tensor:
+        """The first call's main output (a tuple's first element)."""
+        output = self.outputs[path][0]
+        return output[0] if isinstance(output, tuple) else output
+
+    def reset(self) -> None:
+        for calls in (*self.outputs.values(), *self.inputs.values()):
+            calls.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 class _ModuleOutputs:
     """First output of every port module, for --all-modules."""
 

@@ -94,7 +94,7 @@ except ParityError as exc:
 
 def test_projection_head_is_dropped_by_a_declared_rule():
     """A state dict that still carries fc.* (e.g. loaded without msn's fc = None) converts with fc.* dropped, named."""
-    out = in_env("transformers", f"""
+    out = in_env("transformers", """
 import torch, transformers
 from safetensors.torch import load_file
 from converters.porting import convert_state_dict
@@ -103,9 +103,9 @@ from converters.vit_msn.variants import FIXTURE_RECIPE
 config = port.hf_config(FIXTURE_RECIPE)
 with torch.device('meta'):
     model = transformers.ViTMSNModel(config)
-expected = {{k: v.shape for k, v in model.state_dict().items()}}
-state = {{'blocks.0.norm1.weight': torch.ones(48), 'fc.fc1.weight': torch.ones(64, 48),
-          'fc.bn1.num_batches_tracked': torch.tensor(0)}}
+expected = {k: v.shape for k, v in model.state_dict().items()}
+state = {'blocks.0.norm1.weight': torch.ones(48), 'fc.fc1.weight': torch.ones(64, 48),
+          'fc.bn1.num_batches_tracked': torch.tensor(0)}
 converted, record = convert_state_dict('x', state, port.rules(FIXTURE_RECIPE), expected)
 drops = sorted(s for m in record.mappings if m.op == 'drop' for s in m.sources)
 print(drops, record.unused, 'layers.0.layernorm_before.weight' in converted)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from converters.porting import Dump, Rule, drop, rename
+from converters.porting import Dump, ForwardHooks, Rule, drop, rename
 from orchestrator.errors import ParityError
 from orchestrator.manifests import Recipe
 
@@ -218,23 +218,6 @@ def processor_checks(recipe: Recipe, processor, dump: Dump):
 
 
 # ----------------------------------------------------------------------------------------------- captures
-class _Calls:
-    def __init__(self, model, paths: list[str]):
-        self.calls: dict[str, list] = {p: [] for p in paths}
-        self.handles = [model.get_submodule(p).register_forward_hook(self._hook(p)) for p in paths]
-
-    def _hook(self, path: str):
-        def fn(_module, _args, output):
-            self.calls[path].append(output[0] if isinstance(output, tuple) else output)
-        return fn
-
-    def first(self, path: str) -> torch.Tensor:
-        return self.calls[path][0]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
 
 def _lnd(t: torch.Tensor) -> torch.Tensor:
     """HF (B, L, C) -> the original's sequence-first (L, B, C)."""
@@ -257,7 +240,7 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
         paths += [f"decoder.{kind}.{i}" for kind in ("reduces", "layers") for i in range(len(dec["extract_layers"]))]
         if dec["complex_trans_conv"]:
             paths += ["decoder.transposed_convolution.0", "decoder.transposed_convolution.2"]
-    calls = _Calls(model, paths)
+    calls = ForwardHooks(model, paths)
     embeddings = clip.vision_model.embeddings
     original_interp = embeddings.interpolate_pos_encoding
     tables: list[torch.Tensor] = []

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from converters.mask2former.config import hf_values, id2label
-from converters.porting import Dump, Rule, drop, rename
+from converters.porting import Dump, ForwardHooks, Rule, drop, rename
 from orchestrator.errors import ParityError
 from orchestrator.manifests import Recipe
 
@@ -176,21 +176,6 @@ def build_processor(recipe: Recipe):
 # captures
 
 
-class _Hooks:
-    def __init__(self, model, paths: list[str]):
-        self.calls: dict[str, list[Any]] = {p: [] for p in paths}
-        self.handles = [model.get_submodule(p).register_forward_hook(self._hook(p)) for p in paths]
-
-    def _hook(self, path: str):
-        def hook(_module, _args, output):
-            self.calls[path].append(output)
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
 
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
@@ -211,14 +196,14 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
     enc_layers = recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
     paths = [f"{SWIN}.swin.embeddings", *stage_last, SWIN, *[f"{PIXEL}.input_projections.{i}" for i in range(3)],
              *[f"{PIXEL}.encoder.layers.{i}" for i in range(enc_layers)], PIXEL]
-    hooks = _Hooks(model, paths)
+    hooks = ForwardHooks(model, paths)
     pixel_values = dump.inputs["pixel_values"].to(device)
     try:
         outputs = model(pixel_values=pixel_values, output_auxiliary_logits=True)
     finally:
         hooks.remove()
     _last_outputs["outputs"] = outputs
-    calls = hooks.calls
+    calls = hooks.outputs
     out: dict[str, tuple[str, torch.Tensor]] = {"backbone.input": ("pixel_values fed to the port", pixel_values)}
     tokens, (height, width) = calls[f"{SWIN}.swin.embeddings"][0]
     out["backbone.patch_embed"] = ("swin.embeddings output (tokens -> NCHW)", _nchw(tokens, height, width))

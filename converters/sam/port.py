@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from converters.porting import Dump, Rule, drop, rename
+from converters.porting import Dump, ForwardHooks, Rule, drop, rename
 from orchestrator.manifests import Recipe
 
 ENC = r"image_encoder\."
@@ -137,27 +137,6 @@ def build_processor(recipe: Recipe):
     return SamProcessor(image_processor=image_processor)
 
 
-class _Hooks:
-    """Forward hooks on port modules that keep every call's output, keyed by module path."""
-
-    def __init__(self, model, paths: list[str]):
-        self.calls: dict[str, list[Any]] = {p: [] for p in paths}
-        self.handles = [model.get_submodule(p).register_forward_hook(self._hook(p)) for p in paths]
-
-    def _hook(self, path: str):
-        def hook(_module, _args, output):
-            self.calls[path].append(output)
-
-        return hook
-
-    def reset(self) -> None:
-        for calls in self.calls.values():
-            calls.clear()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
 
 def _first(output):
     return output[0] if isinstance(output, tuple) else output
@@ -182,23 +161,23 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
     depth = recipe.original_config["image_encoder"]["depth"]
     encoder_paths = ["vision_encoder.patch_embed", *[f"vision_encoder.layers.{i}" for i in range(depth)],
                      "vision_encoder.neck"]
-    hooks = _Hooks(model, encoder_paths)
+    hooks = ForwardHooks(model, encoder_paths)
     try:
         embeddings = model.get_image_embeddings(dump.inputs["pixel_values"].to(device))
     finally:
         hooks.remove()
-    out["image_encoder.patch_embed"] = ("vision_encoder.patch_embed", _first(hooks.calls["vision_encoder.patch_embed"][0]))
+    out["image_encoder.patch_embed"] = ("vision_encoder.patch_embed", _first(hooks.outputs["vision_encoder.patch_embed"][0]))
     for i in range(depth):
         path = f"vision_encoder.layers.{i}"
-        out[f"image_encoder.blocks.{i}"] = (path, _first(hooks.calls[path][0]))
-    out["image_encoder.neck"] = ("vision_encoder.neck", hooks.calls["vision_encoder.neck"][0])
+        out[f"image_encoder.blocks.{i}"] = (path, _first(hooks.outputs[path][0]))
+    out["image_encoder.neck"] = ("vision_encoder.neck", hooks.outputs["vision_encoder.neck"][0])
     dense_pe = model.get_image_wide_positional_embeddings()
     out["prompt_encoder.get_dense_pe"] = ("SamModel.get_image_wide_positional_embeddings()",
                                           dense_pe if dense_pe.dim() == 4 else dense_pe[None])
 
     decoder_paths = ["prompt_encoder", "mask_decoder.transformer", "mask_decoder.activation",
                      "mask_decoder.iou_prediction_head"]
-    hooks = _Hooks(model, decoder_paths)
+    hooks = ForwardHooks(model, decoder_paths)
     raw = dump.raw_image()
     original_size = torch.tensor([[raw.height, raw.width]])
     reshaped = torch.tensor([list(dump.inputs["image"].shape[-2:])])
@@ -207,7 +186,7 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
             kwargs = _case_inputs(dump, case, device)
             hooks.reset()
             multi = model(image_embeddings=embeddings, multimask_output=True, **kwargs)
-            calls = {k: list(v) for k, v in hooks.calls.items()}
+            calls = {k: list(v) for k, v in hooks.outputs.items()}
             single = model(image_embeddings=embeddings, multimask_output=False, **kwargs)
             prompts = (kwargs.get("input_points") if "input_points" in kwargs else kwargs["input_boxes"]).shape[1]
             sparse, dense = calls["prompt_encoder"][0]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from converters.porting import Dump, Rule, rename
+from converters.porting import Dump, ForwardHooks, Rule, rename
 from orchestrator.manifests import Recipe
 
 ARCH_SETTINGS = {
@@ -144,27 +144,6 @@ def build_processor(recipe: Recipe):
     )
 
 
-class _Hooks:
-    def __init__(self, model, paths: list[str], pre: list[str]):
-        self.out: dict[str, list[Any]] = {p: [] for p in paths}
-        self.inp: dict[str, list[Any]] = {p: [] for p in pre}
-        self.handles = [model.get_submodule(p).register_forward_hook(self._out(p)) for p in paths]
-        self.handles += [model.get_submodule(p).register_forward_pre_hook(self._in(p)) for p in pre]
-
-    def _out(self, path):
-        def hook(_m, _a, output):
-            self.out[path].append(output)
-        return hook
-
-    def _in(self, path):
-        def hook(_m, args):
-            self.inp[path].append(args[0])
-        return hook
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
     """Run the port on the origin's pixel_values; name each port tensor after the origin capture it answers."""
@@ -179,7 +158,7 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
              "decode_head.bottleneck", *[f"decode_head.fpn_convs.{i}" for i in range(n_lateral)],
              "decode_head.fpn_bottleneck", "decode_head.classifier", "auxiliary_head.convs", "auxiliary_head.classifier"]
     pre = ["backbone", *[f"decode_head.fpn_convs.{i}" for i in range(n_lateral)], "decode_head.fpn_bottleneck"]
-    hooks = _Hooks(model, paths, pre)
+    hooks = ForwardHooks(model, paths, pre)
     pixel_values = dump.inputs["pixel_values"].to(device)
     try:
         outputs = model(pixel_values=pixel_values)
@@ -187,7 +166,7 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
         hooks.remove()
 
     def one(path: str, kind: str = "out") -> Any:
-        calls = (hooks.out if kind == "out" else hooks.inp)[path]
+        calls = (hooks.outputs if kind == "out" else hooks.inputs)[path]
         if len(calls) != 1:
             raise RuntimeError(f"port module {path} ran {len(calls)} times, expected once")
         return calls[0]
