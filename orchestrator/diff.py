@@ -40,12 +40,13 @@ def compare(
     origin_float, port_float = np.issubdtype(origin.dtype, np.floating), np.issubdtype(port.dtype, np.floating)
     if origin_float != port_float:
         return CaptureResult(verdict="dtype-mismatch", note=f"{origin.dtype} vs {port.dtype}", **base)
-    o = origin.astype(np.float64)
-    p = port.astype(np.float64)
-    bad_o = int(np.count_nonzero(~np.isfinite(o)))
-    bad_p = int(np.count_nonzero(~np.isfinite(p)))
-    if bad_o or bad_p:
-        same = bad_o == bad_p and np.array_equal(np.isnan(o), np.isnan(p)) and np.array_equal(o[np.isinf(o)], p[np.isinf(p)])
+    o = origin.astype(np.float64).ravel()
+    p = port.astype(np.float64).ravel()
+    bad_o = bad_p = 0
+    if not (np.isfinite(o).all() and np.isfinite(p).all()):
+        bad_o, bad_p = int(np.count_nonzero(~np.isfinite(o))), int(np.count_nonzero(~np.isfinite(p)))
+        same = np.array_equal(np.isnan(o), np.isnan(p)) and np.array_equal(np.isinf(o), np.isinf(p)) and \
+            np.array_equal(o[np.isinf(o)], p[np.isinf(p)])
         if not same:
             return CaptureResult(verdict="nonfinite", nonfinite_origin=bad_o, nonfinite_port=bad_p, **base)
         finite = np.isfinite(o)
@@ -54,27 +55,28 @@ def compare(
         return CaptureResult(verdict="pass", max_abs=0.0, mean_abs=0.0, rms=0.0, mismatch_fraction=0.0, **base)
     diff = np.abs(p - o)
     mag = np.abs(o)
-    excess = diff - (atol + rtol * mag)
-    worst = np.unravel_index(int(np.argmax(excess)), o.shape)
-    nonzero = mag > 0
-    max_rel = float(np.max(diff[nonzero] / mag[nonzero])) if nonzero.any() else 0.0
-    over = diff > atol
+    # excess > 0 exactly where |diff| > atol + rtol * |origin|; the atol that would just pass is max(excess) + atol.
+    excess = diff - rtol * mag
+    excess -= atol
+    worst = int(np.argmax(excess))
+    largest_excess = float(excess[worst])
+    over = np.flatnonzero(diff > atol)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel_needed = np.where(over, (diff - atol) / mag, 0.0)
-    norm = float(np.linalg.norm(o) * np.linalg.norm(p))
-    cosine = float(np.dot(o.ravel(), p.ravel()) / norm) if norm > 0 else (1.0 if np.array_equal(o, p) else 0.0)
-    passed = bool(np.all(excess <= 0))
+        rel = np.divide(diff, mag, out=np.zeros_like(diff), where=mag > 0)
+        rtol_needed = float(np.max((diff[over] - atol) / mag[over])) if over.size else 0.0
+    norm = float(np.sqrt(np.dot(o, o) * np.dot(p, p)))
+    cosine = float(np.dot(o, p) / norm) if norm > 0 else (1.0 if np.array_equal(o, p) else 0.0)
     return CaptureResult(
-        verdict="pass" if passed else "fail",
+        verdict="pass" if largest_excess <= 0 else "fail",
         max_abs=float(diff.max()),
-        max_rel=max_rel,
+        max_rel=float(rel.max()),
         mean_abs=float(diff.mean()),
-        rms=float(np.sqrt(np.mean(diff**2))),
+        rms=float(np.sqrt(np.dot(diff, diff) / diff.size)),
         cosine=cosine,
-        mismatch_fraction=float(np.count_nonzero(excess > 0) / o.size),
-        worst_index=[int(i) for i in worst],
-        atol_needed=float(max(0.0, np.max(diff - rtol * mag))),
-        rtol_needed=float(np.max(rel_needed)) if over.any() else 0.0,
+        mismatch_fraction=float(np.count_nonzero(excess > 0) / diff.size),
+        worst_index=[int(i) for i in np.unravel_index(worst, origin.shape)],
+        atol_needed=max(0.0, largest_excess + atol),
+        rtol_needed=rtol_needed,
         nonfinite_origin=bad_o,
         nonfinite_port=bad_p,
         **base,
