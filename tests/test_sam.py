@@ -88,10 +88,13 @@ def test_port_passes_against_the_upstream_fixture(tmp_path):
 def test_origin_side_reproduces_the_upstream_fixture(tmp_path):
     """Same checkpoint, image and prompts through OUR origin code: the fixture's numbers come back.
 
-    Inputs (preprocessing, prompt transforms) are bit-identical. Activations agree to fp32 rounding noise: the fixture
-    ran torch 2.13 CPU, the origin env runs torch 2.14.1 (another oneDNN), and a 16x16x3 patch conv already differs
-    by 1.1e-6 in absolute terms (the fixture itself is 2e-6 from a float64 conv).
+    Inputs (preprocessing, prompt transforms) are bit-identical. Activations agree within the family's fp32 tolerance:
+    the fixture ran torch 2.13 on another CPU, the origin env runs torch 2.14.1 here (another oneDNN; rounding noise
+    differs between machines, so no noise magnitude is assumed).
     """
+    from orchestrator.manifests import TOLERANCE_PRESETS
+
+    atol, rtol = TOLERANCE_PRESETS["fp32-cpu"]
     parity("dump", "sam-fixture-vit-tiny", "--out", str(tmp_path), check=0)
     ours_in = load_file(str(tmp_path / "sam-fixture-vit-tiny" / "dump" / "inputs.safetensors"))
     ours = load_file(str(tmp_path / "sam-fixture-vit-tiny" / "dump" / "reference.safetensors"))
@@ -103,8 +106,9 @@ def test_origin_side_reproduces_the_upstream_fixture(tmp_path):
             assert np.array_equal(ours_in[key], theirs_in[key]), key
     for key in theirs:
         assert ours[key].shape == theirs[key].shape, key
-        scale = float(np.abs(theirs[key]).max())
-        assert float(np.abs(ours[key].astype(np.float64) - theirs[key]).max()) <= 2.5e-6 * max(scale, 1.0), key
+        ref = theirs[key].astype(np.float64)
+        excess = np.abs(ours[key].astype(np.float64) - ref) - (atol + rtol * np.abs(ref))
+        assert float(excess.max()) <= 0, key
 
 
 MUTATIONS = [

@@ -60,18 +60,59 @@ def test_both_origins_dumped_the_same_checkpoint_and_pixels(all_origins):
     assert np.array_equal(inputs["mmseg0"]["resized_image"], inputs["mmseg1"]["resized_image"])
 
 
-def test_origin_vs_origin_diverges_exactly_where_the_layernorm_eps_differs(all_origins):
-    """mmcls 0.25 builds downsample_layers.{1,2,3}.0 with eps 1e-5, mmpretrain 1.2 and HF ConvNext with 1e-6."""
+EQUALISED_EPS = """
+import sys
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from converters.dumping import set_determinism
+from converters.upernet import origin
+from orchestrator.registry import all_recipes
+recipe = all_recipes()[{tiny!r}].model_copy(update={{"origin": "mmseg0"}})
+set_determinism("cpu", 1)
+model, _ = origin.load_original(recipe, __import__("pathlib").Path({checkpoint!r}))
+for i in (1, 2, 3):
+    model.backbone.downsample_layers[i][0].eps = 1e-6
+image = np.asarray(Image.open({image!r}).convert("RGB"))
+_, refs = origin.run_captures(recipe, model, {{"image": image}}, "cpu")
+save_file({{k: v.contiguous() for k, v in refs.tensors.items()}}, {out!r})
+"""
+
+
+def test_origin_vs_origin_diverges_exactly_where_the_layernorm_eps_differs(all_origins, tmp_path):
+    """mmcls 0.25 builds downsample_layers.{1,2,3}.0 with eps 1e-5, mmpretrain 1.2 and HF ConvNext with 1e-6.
+
+    Structure only, nothing measured elsewhere: the stacks agree bit for bit up to the first eps-1e-5 LayerNorm, differ
+    there by more than fp32 noise alone gives (the same comparison with mmseg0's eps set to 1e-6, same run, same
+    machine), and stay within the recipe's tolerance everywhere."""
+    from orchestrator.checkpoints import resolve
+    from orchestrator.registry import all_recipes
+
     table = read_json(all_origins / "origins.json")
-    rows = {r["name"]: r for r in table["rows"]}
     assert table["origins"] == ["mmseg0", "mmseg1"]
-    between = {name: row["origins"]["mmseg1"] for name, row in rows.items() if row["origins"].get("mmseg1")}
-    for name in ("backbone.downsample_layers.0", "backbone.stages.0", "backbone.norm0", "decode_head.lateral_convs.0"):
-        assert between[name]["max_abs"] == 0.0, name
-    assert between["backbone.downsample_layers.1"]["max_abs"] > 0
-    port = {name: row["port"] for name, row in rows.items() if row["kind"] == "capture"}
-    first = "backbone.downsample_layers.1"
-    assert port[first]["mmseg1"]["max_abs"] < port[first]["mmseg0"]["max_abs"] / 4
+    rows = [r for r in table["rows"] if r["kind"] == "capture" and r["origins"].get("mmseg1")]
+    between = {r["name"]: r["origins"]["mmseg1"] for r in rows}
+    first = next(r["name"] for r in rows if r["origins"]["mmseg1"]["max_abs"] > 0)
+    assert first == "backbone.downsample_layers.1"
+    assert all(entry["verdict"] == "pass" for entry in between.values()), between
+    assert table["first_origin_divergence"] == {"mmseg1": None}
+
+    checkpoint = resolve(all_recipes()[TINY]).path
+    assert checkpoint.is_file()
+    equalised_file = tmp_path / "equalised.safetensors"
+    in_env("mmseg0", EQUALISED_EPS.format(tiny=TINY, checkpoint=str(checkpoint), out=str(equalised_file),
+                                          image=str(all_origins / "mmseg0" / "dump" / "image.png")))
+    equalised = load_file(str(equalised_file))
+    mmseg0 = load_file(str(all_origins / "mmseg0" / "dump" / "reference.safetensors"))
+    mmseg1 = load_file(str(all_origins / "mmseg1" / "dump" / "reference.safetensors"))
+    for name in ("backbone.downsample_layers.0", "backbone.stages.0", "backbone.norm0"):
+        assert np.array_equal(equalised[name], mmseg0[name]), name
+    noise = float(np.abs(equalised[first].astype(np.float64) - mmseg1[first]).max())
+    assert between[first]["max_abs"] > 10 * noise, (between[first]["max_abs"], noise)
+
+    port = {r["name"]: r["port"] for r in table["rows"] if r["kind"] == "capture"}
+    assert port[first]["mmseg1"]["max_abs"] < port[first]["mmseg0"]["max_abs"]
     assert "return.predict.seg_logits" in table["only_in"]["mmseg1"]
     assert "origin vs origin" in (all_origins / "origins.md").read_text()
 
@@ -173,7 +214,12 @@ def test_port_passes_against_the_golden_fixture_for_both_stacks(tmp_path):
 def test_both_origins_reproduce_the_golden_fixture(tmp_path):
     """The fixture's checkpoint and image through OUR origin code, in both stacks: its references come back.
 
-    Preprocessing is bit-identical; activations agree to fp32 noise (fixture: torch 2.13 CPU; here torch 2.14.1)."""
+    Preprocessing is bit-identical; activations agree within the family's fp32 tolerance (the fixture ran torch 2.13
+    on another CPU, this is torch 2.14.1 here: rounding noise differs between machines, so no magnitude is assumed).
+    Across the two stacks, the first capture that differs is the first eps-1e-5 LayerNorm of mmcls 0.25."""
+    from orchestrator.manifests import TOLERANCE_PRESETS
+
+    atol, rtol = TOLERANCE_PRESETS["fp32-cpu"]
     parity("convert", "upernet-fixture-convnext-tiny", "--origin", "all", "--out", str(tmp_path), check=0)
     theirs = load_file(str(FIXTURE / "reference.safetensors"))
     theirs_in = load_file(str(FIXTURE / "inputs.safetensors"))
@@ -185,14 +231,13 @@ def test_both_origins_reproduce_the_golden_fixture(tmp_path):
         expected = {k[len(prefix):] for k in theirs if k.startswith(prefix) and (prefix or not k.startswith("mmseg1."))}
         assert expected - {"backbone.input"} <= set(ours), stack
         for key in expected & set(ours):
-            ref = theirs[prefix + key]
-            scale = max(float(np.abs(ref).max()), 1.0)
-            assert float(np.abs(ours[key].astype(np.float64) - ref).max()) <= 2.5e-6 * scale, (stack, key)
+            ref = theirs[prefix + key].astype(np.float64)
+            excess = np.abs(ours[key].astype(np.float64) - ref) - (atol + rtol * np.abs(ref))
+            assert float(excess.max()) <= 0, (stack, key)
     table = read_json(root / "origins.json")
-    between = {r["name"]: r["origins"]["mmseg1"] for r in table["rows"] if r["origins"].get("mmseg1")}
-    cross = read_json(FIXTURE / "fixture.json")["cross_stack"]["max_abs_diff_old_minus_new"]
-    for key in ("backbone.downsample_layers.1", "backbone.stages.3", "return.encode_decode"):
-        assert abs(between[key]["max_abs"] - cross[key]) <= 0.25 * cross[key], key
+    rows = [r for r in table["rows"] if r["kind"] == "capture" and r["origins"].get("mmseg1")]
+    assert next(r["name"] for r in rows if r["origins"]["mmseg1"]["max_abs"] > 0) == "backbone.downsample_layers.1"
+    assert all(r["origins"]["mmseg1"]["verdict"] == "pass" for r in rows)
 
 
 def test_mutation_suite_every_corruption_is_caught_where_it_first_matters(tmp_path):
