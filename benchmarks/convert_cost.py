@@ -32,12 +32,13 @@ print(time.perf_counter() - t)
 PARITY = """
 import importlib, sys, time, torch
 import json, pathlib, transformers
-from converters.porting import Dump, build_converted_model
+from parity.port.dump import Dump
+from parity.port.model import build_converted_model
 # Imports (transformers and the model's lazily imported module) happen before the clock: the floor pays none.
 getattr(transformers, json.loads((pathlib.Path(sys.argv[1]) / "manifest.json").read_text())["recipe"]["hf"]["model_class"])
 t = time.perf_counter()
 dump = Dump(sys.argv[1])
-family = importlib.import_module(f"converters.{dump.recipe.family}.port")
+family = importlib.import_module(f"parity.families.{dump.recipe.family}.port")
 model, record = build_converted_model(family, dump.recipe, dump.state_dict(), None)
 assert record.ok
 model.save_pretrained(sys.argv[2])
@@ -46,7 +47,7 @@ print(time.perf_counter() - t)
 
 
 def measure(python: Path, code: str, *args: str) -> dict:
-    from orchestrator.envs import env_vars
+    from parity.host.envs import env_vars
 
     wrapper = ("import resource, runpy, subprocess, sys\n"
                "r = subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]], capture_output=True, text=True)\n"
@@ -59,17 +60,18 @@ def measure(python: Path, code: str, *args: str) -> dict:
 
 
 def main() -> None:
-    from orchestrator.backends.local import LocalBackend
-    from orchestrator.envs import ensure_env
-    from orchestrator.pipeline import make_dump
-    from orchestrator.registry import select
+    from parity.host.backends.local import LocalBackend
+    from parity.host.pipeline import make_dump
+
+    from parity.host.envs import ensure_env
+    from parity.host.registry import select
 
     variant = sys.argv[1] if len(sys.argv) > 1 else "sam-vit-base"
     (recipe,) = select(variant)
     backend = LocalBackend()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "orchestrator.cli", "generate", variant, "--seed", "1", "--out",
+        subprocess.run([sys.executable, "-m", "parity.host.cli", "generate", variant, "--seed", "1", "--out",
                         str(tmp / "ckpt.pth")], check=True, cwd=ROOT)
         dump = make_dump(recipe, backend, tmp / "run", checkpoint=tmp / "ckpt.pth", sha256=None, device="cpu",
                          threads=2, on_progress=lambda _m: None)

@@ -45,10 +45,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from orchestrator.backends.local import LocalBackend
-    from orchestrator.envs import ensure_env
-    from orchestrator.pipeline import make_dump
-    from orchestrator.registry import select
+    from parity.host.backends.local import LocalBackend
+    from parity.host.pipeline import make_dump
+
+    from parity.host.envs import ensure_env
+    from parity.host.registry import select
 
     (recipe,) = select(VARIANT)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +57,7 @@ def main() -> None:
         checkpoint = args.checkpoint
         if checkpoint is None:
             checkpoint = tmp / "upernet_convnext_xlarge_random.pth"
-            subprocess.run([sys.executable, "-m", "orchestrator.cli", "generate", VARIANT, "--seed", "5", "--out",
+            subprocess.run([sys.executable, "-m", "parity.host.cli", "generate", VARIANT, "--seed", "5", "--out",
                             str(checkpoint)], check=True, cwd=ROOT)
         started = time.perf_counter()
         dump = make_dump(recipe, LocalBackend(), tmp / "run", checkpoint=checkpoint, sha256=None, device="cpu",

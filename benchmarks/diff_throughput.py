@@ -1,4 +1,4 @@
-"""Diffing throughput of orchestrator.diff.compare vs a plain memory copy of the same tensors, side by side.
+"""Diffing throughput of parity.contracts.metrics.compare vs a plain memory copy of the same tensors, side by side.
 
     .venv/bin/python benchmarks/diff_throughput.py [DUMP_DIR]
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from orchestrator.diff import compare  # noqa: E402
+from parity.contracts.metrics import compare  # noqa: E402
 
 
 def tensors(dump: Path | None) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 def parity(*args: str, cwd: Path | None = None, check: int | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a user would; `check` asserts the exit code."""
     env = dict(os.environ, COLUMNS="200", TERM="dumb", NO_COLOR="1")
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd or ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "parity.host.cli", *args], cwd=cwd or ROOT, env=env,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check is not None:
         assert result.returncode == check, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
@@ -27,7 +27,7 @@ def parity(*args: str, cwd: Path | None = None, check: int | None = None) -> sub
 
 def in_env(env: str, code: str) -> str:
     """Run Python code inside a parity environment (built on demand) and return its stdout."""
-    from orchestrator.envs import ensure_env, env_vars
+    from parity.host.envs import ensure_env, env_vars
 
     python = ensure_env(env)
     result = subprocess.run([str(python), "-c", code], env=env_vars(), capture_output=True, text=True,

@@ -59,8 +59,8 @@ def test_the_tower_fixture_is_fp16_rounded_as_openai_ships_it():
     out = in_env("fixtures", f"""
 import torch
 from pathlib import Path
-from converters.clipseg.origin import fixture_state_dict
-from converters.clipseg.variants import FIXTURE_RECIPES
+from parity.families.clipseg.origin import fixture_state_dict
+from parity.families.clipseg.variants import FIXTURE_RECIPES
 recipe = FIXTURE_RECIPES['clipseg-tiny-rd16']
 sd = fixture_state_dict(recipe, Path({str(FIXTURES / 'clipseg-tiny-rd16' / 'clipseg_decoder.pth')!r}))
 tower = [v for k, v in sd.items() if k.startswith('clip_model.')]
@@ -79,9 +79,9 @@ def test_combined_layout_reads_the_same_as_decoder_plus_tower(tmp_path):
     out = in_env("fixtures", f"""
 import torch
 from pathlib import Path
-from converters.clipseg.origin import fixture_state_dict, split_layout
-from converters.clipseg.variants import FIXTURE_RECIPES
-from orchestrator.errors import ParityError
+from parity.families.clipseg.origin import fixture_state_dict, split_layout
+from parity.families.clipseg.variants import FIXTURE_RECIPES
+from parity.contracts.errors import ParityError
 recipe = FIXTURE_RECIPES['clipseg-tiny-rd64-refined']
 decoder_file = Path({str(REFINED / 'clipseg_decoder.pth')!r})
 tower = torch.load({str(FIXTURES / 'clipseg-tiny-clip-vit-b16' / 'clip_vit_b16_tiny.pt')!r}, weights_only=True)
@@ -107,9 +107,9 @@ except ParityError as exc:
 def test_aliases_and_unused_reduce_are_accounted_for_by_declared_rules():
     out = in_env("transformers", """
 import torch, transformers
-from converters.porting import convert_state_dict
-from converters.clipseg import port
-from converters.clipseg.variants import FIXTURE_RECIPES
+from parity.port.rules import convert_state_dict
+from parity.families.clipseg import port
+from parity.families.clipseg.variants import FIXTURE_RECIPES
 recipe = FIXTURE_RECIPES['clipseg-tiny-rd16']
 with torch.device('meta'):
     model = transformers.CLIPSegForImageSegmentation(port.hf_config(recipe))
@@ -159,8 +159,8 @@ import os, numpy as np, torch
 from pathlib import Path
 from PIL import Image
 from safetensors.torch import load_file
-from converters.clipseg import origin
-from converters.clipseg.variants import FIXTURE_RECIPES, PUBLISHED
+from parity.families.clipseg import origin
+from parity.families.clipseg.variants import FIXTURE_RECIPES, PUBLISHED
 for name in ('clipseg-tiny-rd16', 'clipseg-tiny-clip-vit-b16'):
     fx = Path({str(FIXTURES)!r}) / name
     names = sorted(p.stem for p in fx.glob('image*.png'))

@@ -14,10 +14,11 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator import envs
-from orchestrator.backends.docker import DockerBackend, build_spec, container_config, image_tag
-from orchestrator.errors import ParityError
-from orchestrator.registry import all_recipes
+from parity.contracts.errors import ParityError
+from parity.contracts.steps import GenerateRequest, GenerateResponse, PortRequest
+from parity.host import envs
+from parity.host.backends.docker import DockerBackend, build_spec, container_config, image_tag
+from parity.host.registry import all_recipes
 from tests.conftest import ROOT, error_line, parity
 
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
@@ -159,9 +160,11 @@ class FakeContainer:
 class FakeClient:
     """Records what the backend asks the engine for."""
 
-    def __init__(self, present=(), exit_code=0, lines=("parity-progress: working",)):
+    def __init__(self, present=(), exit_code=0, lines=("parity-progress: working",), response=None):
         import docker.errors
 
+        if response is not None:
+            lines = (*lines, f"parity-response: {response.model_dump_json()}")
         self.errors, self.present, self.exit_code, self.lines = docker.errors, set(present), exit_code, lines
         self.created, self.builds = [], []
         outer = self
@@ -187,38 +190,41 @@ class FakeClient:
 
 
 def test_dump_container_is_offline_readonly_and_unprivileged(tmp_path):
-    from orchestrator.pipeline import make_dump
+    from parity.contracts.steps import DumpResponse
+    from parity.host.pipeline import make_dump
 
     recipe = all_recipes()["sam-tiny-random"]
     checkpoint = tmp_path / "ckpt.pth"
     checkpoint.write_bytes(b"x")
-    client = FakeClient(present={image_tag("sam"), image_tag("base")})
+    client = FakeClient(present={image_tag("sam"), image_tag("base")},
+                        response=DumpResponse(dump=tmp_path / "out" / "dump", references=1))
     messages = []
     make_dump(recipe, DockerBackend(client=client), tmp_path / "out", checkpoint=checkpoint, sha256=None,
               device="cpu", threads=1, on_progress=messages.append)
     (container,) = client.created
     config = container.config
     assert config["image"] == image_tag("sam")
-    assert config["command"][:4] == ["python", "-m", "converters.runtime", "dump"]
+    assert config["command"][:3] == ["python", "-m", "parity.origin"]
     assert config["network_disabled"] is True
     assert config["volumes"][str(checkpoint.resolve())]["mode"] == "ro"
     assert config["volumes"][str((tmp_path / "out").resolve())]["mode"] == "rw"
+    assert config["volumes"][config["command"][3]]["mode"] == "ro"
     assert not config["user"].startswith("0")
     assert "device_requests" not in config
     assert container.removed and "working" in messages
 
 
 def test_gpu_steps_request_nvidia_devices(tmp_path):
-    config = container_config("transformers", ["port", "--dump", str(tmp_path)], readonly=[tmp_path],
-                              writable=[tmp_path / "o"], network=False, device="cuda")
+    request = PortRequest(dump=tmp_path, out=tmp_path / "o", device="cuda")
+    config = container_config("transformers", request, tmp_path / "request.json", device="cuda")
     (request,) = config["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
 
 
 def test_missing_images_are_built_base_first_with_the_pinned_tags(tmp_path):
-    client = FakeClient()
-    DockerBackend(client=client).run("sam", ["dump"], log=tmp_path / "log", on_progress=lambda _m: None,
-                                     readonly=[], writable=[tmp_path])
+    client = FakeClient(response=GenerateResponse(checkpoint=tmp_path / "c.pth", sha256="0" * 64))
+    request = GenerateRequest(recipe=all_recipes()["sam-tiny-random"], out=tmp_path / "c.pth")
+    DockerBackend(client=client).run("sam", request, log=tmp_path / "log", on_progress=lambda _m: None)
     assert [b["tag"] for b in client.builds] == [image_tag("base"), image_tag("sam")]
     assert client.builds[1]["buildargs"] == {"BASE_IMAGE": image_tag("base")}
     assert build_spec("sam")["dockerfile"] == "images/sam/Dockerfile"
@@ -227,9 +233,9 @@ def test_missing_images_are_built_base_first_with_the_pinned_tags(tmp_path):
 def test_failed_step_raises_its_one_line_error_and_removes_the_container(tmp_path):
     client = FakeClient(present={image_tag("sam"), image_tag("base")}, exit_code=2,
                         lines=("parity: error: checkpoint x is not a readable torch file",))
+    request = GenerateRequest(recipe=all_recipes()["sam-tiny-random"], out=tmp_path / "c.pth")
     with pytest.raises(ParityError, match="not a readable torch file"):
-        DockerBackend(client=client).run("sam", ["dump"], log=tmp_path / "log", on_progress=lambda _m: None,
-                                         readonly=[], writable=[tmp_path])
+        DockerBackend(client=client).run("sam", request, log=tmp_path / "log", on_progress=lambda _m: None)
     assert client.created[0].removed
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.diff import compare, mark_first_divergence, resolve_tolerance
-from orchestrator.manifests import TolerancePolicy, ToleranceOverride
+from parity.contracts.metrics import compare, mark_first_divergence
 
 
 def test_metrics_on_a_known_difference():
@@ -49,9 +48,3 @@ def test_first_divergence_follows_execution_order_and_marks_downstream():
     results = [compare("c", 2, ok, bad, 1e-5, 0), compare("a", 0, ok, ok, 1e-5, 0), compare("b", 1, ok, bad, 1e-5, 0)]
     assert mark_first_divergence(results) == "b"
     assert [(r.name, r.downstream) for r in results] == [("a", False), ("b", False), ("c", True)]
-
-
-def test_overrides_match_by_pattern_and_carry_their_reason():
-    policy = TolerancePolicy(overrides={"enc.*": ToleranceOverride(atol=1e-3, rtol=0, reason="measured drift of 4e-4 here")})
-    assert resolve_tolerance(policy, "enc.blocks.3") == (1e-3, 0, "measured drift of 4e-4 here")
-    assert resolve_tolerance(policy, "dec.out") == (1e-5, 1e-4, None)

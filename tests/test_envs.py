@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import envs
-from orchestrator.errors import ParityError
+from parity.contracts.errors import ParityError
+from parity.host import envs
 
 
 @pytest.fixture

@@ -6,17 +6,12 @@ import json
 
 import pytest
 
-from orchestrator.errors import ParityError
-from orchestrator.manifests import (
-    CheckpointSource,
-    DumpManifest,
-    PromptCase,
-    Recipe,
-    TolerancePolicy,
-    ToleranceOverride,
-    load_model,
-)
-from orchestrator.registry import select
+from parity.contracts.errors import ParityError
+from parity.contracts.io import load_model
+from parity.contracts.manifests import DumpManifest
+from parity.contracts.recipe import CheckpointSource, Recipe, ToleranceOverride
+from parity.families.sam.spec import PromptCase, SamSpec
+from parity.host.registry import select
 from tests.conftest import parity
 
 
@@ -46,18 +41,14 @@ def test_prompt_case_shapes_are_checked():
 
 
 def test_mask_source_must_be_an_earlier_case():
-    recipe = select("sam-tiny-random")[0]
-    data = recipe.inputs.model_dump(mode="json")
-    data["prompts"] = {"late": {"boxes": [[0, 0, 5, 5]], "mask_from": "later"}, "later": {"boxes": [[0, 0, 5, 5]]}}
+    data = {"prompts": {"late": {"boxes": [[0, 0, 5, 5]], "mask_from": "later"}, "later": {"boxes": [[0, 0, 5, 5]]}}}
     with pytest.raises(ValueError, match="not an earlier case"):
-        type(recipe.inputs).model_validate(data)
+        SamSpec.model_validate(data)
 
 
 def test_tolerance_override_needs_a_reason():
     with pytest.raises(ValueError):
         ToleranceOverride(atol=1e-3, rtol=1e-3, reason="because")
-    policy = TolerancePolicy(profile="bf16")
-    assert policy.defaults() == (3e-2, 3e-2)
 
 
 def test_recipe_hash_changes_with_content():
@@ -69,7 +60,7 @@ def test_recipe_hash_changes_with_content():
 
 def test_invalid_manifest_is_one_line_naming_the_field(tmp_path):
     path = tmp_path / "manifest.json"
-    path.write_text(json.dumps({"schema_version": 1, "recipe": {}}))
+    path.write_text(json.dumps({"schema_version": 2, "recipe": {}}))
     with pytest.raises(ParityError) as info:
         load_model(DumpManifest, path)
     message = str(info.value)
@@ -84,3 +75,15 @@ def test_schema_command_writes_all_four(tmp_path):
     schema = json.loads((tmp_path / "dump-manifest.schema.json").read_text())
     assert schema["additionalProperties"] is False
     assert "references" in schema["properties"]
+
+
+def test_exported_schemas_carry_field_descriptions(tmp_path):
+    """Field docstrings are the documentation of a recipe file: every field of every exported schema has one."""
+    parity("schema", "--out", str(tmp_path), check=0)
+    recipe = json.loads((tmp_path / "recipe.schema.json").read_text())
+    assert recipe["properties"]["id"]["description"].startswith("Variant id")
+    for path in tmp_path.glob("*.schema.json"):
+        schema = json.loads(path.read_text())
+        for name, definition in [("(top)", schema), *schema.get("$defs", {}).items()]:
+            for field, prop in definition.get("properties", {}).items():
+                assert prop.get("description"), f"{path.name}: {name}.{field} has no description"

@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from converters.mask2former.config import ENCODER_FFN, LABELS, hf_values
-from converters.mask2former.variants import FIXTURE_RECIPES, VARIANTS
-from orchestrator.errors import ParityError
-from orchestrator.registry import select
+from parity.contracts.errors import ParityError
+from parity.families.mask2former.config import ENCODER_FFN, LABELS, hf_values
+from parity.families.mask2former.variants import FIXTURE_RECIPES, VARIANTS
+from parity.host.registry import select
 from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json
 
 COCO = FIXTURES / "mask2former-tiny-swin-coco-instance"
@@ -301,7 +301,7 @@ def test_dropped_weight_is_caught_by_strict_accounting(tmp_path):
 def test_relative_position_index_is_checked_before_it_is_dropped():
     out = in_env("transformers", """
 import torch
-from converters.mask2former.port import _check_index, _relative_position_index
+from parity.families.mask2former.port import _check_index, _relative_position_index
 good = _relative_position_index(4)
 print(_check_index(4)(good) == [])
 bad = good.clone(); bad[0, 1] += 1
@@ -353,8 +353,8 @@ def test_published_variants_build_the_architecture_their_config_names():
     """hf_config on the real table, built on the meta device: the tensors that encode each config value."""
     out = in_env("transformers", """
 import json, torch, transformers
-from orchestrator.registry import all_recipes
-from converters.mask2former import port
+from parity.host.registry import all_recipes
+from parity.families.mask2former import port
 rows = {}
 for rid in ("mask2former-swin-large-coco-panoptic", "mask2former-swin-tiny-ade-semantic",
             "mask2former-swin-large-mapillary-vistas-semantic"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ParityError
-from orchestrator.registry import all_recipes, families, select
+from parity.contracts.errors import ParityError
+from parity.host.registry import all_recipes, families, select
 from tests.conftest import error_line, parity
 
 SEED_VARIANTS = {"sam-vit-base", "sam-vit-large", "sam-vit-huge", "slimsam-50-uniform", "slimsam-77-uniform"}

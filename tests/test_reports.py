@@ -11,9 +11,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from orchestrator.diff import compare, mark_first_divergence
-from orchestrator.manifests import ParityReport, write_model
-from orchestrator.report import render_html, render_junit, render_markdown
+from parity.contracts.io import write_model
+from parity.contracts.metrics import compare, mark_first_divergence
+from parity.contracts.report import ParityReport
+from parity.host.render import render_html, render_junit, render_markdown
 from tests.conftest import parity
 
 
@@ -22,7 +23,7 @@ def _report(verdict_bad: bool = True) -> ParityReport:
     captures = [compare(f"enc.blocks.{i}", i, ok, ok + (0.01 if verdict_bad and i >= 2 else 0.0), 1e-5, 1e-4)
                 for i in range(5)]
     first = mark_first_divergence(captures)
-    return ParityReport(variant="demo-tiny", recipe_hash="a" * 64, dump="/dumps/demo", dump_producer="origin",
+    return ParityReport(recipe_id="demo-tiny", recipe_hash="a" * 64, dump="/dumps/demo", dump_producer="origin",
                         port="converted", verdict="fail" if first else "pass", first_divergence=first,
                         captures=captures, durations={"total": 1.5})
 
@@ -38,7 +39,7 @@ def test_markdown_puts_the_first_divergence_on_top():
 
 def test_junit_has_one_testcase_per_variant_and_carries_the_divergence():
     bad, good = _report(), _report(verdict_bad=False)
-    good.variant = "demo-other"
+    good.recipe_id = "demo-other"
     root = ET.fromstring(render_junit([bad, good]))
     assert root.get("tests") == "2" and root.get("failures") == "1"
     cases = {c.get("name"): c for c in root.iter("testcase")}

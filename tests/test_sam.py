@@ -92,7 +92,7 @@ def test_origin_side_reproduces_the_upstream_fixture(tmp_path):
     the fixture ran torch 2.13 on another CPU, the origin env runs torch 2.14.1 here (another oneDNN; rounding noise
     differs between machines, so no noise magnitude is assumed).
     """
-    from orchestrator.manifests import TOLERANCE_PRESETS
+    from parity.contracts.recipe import TOLERANCE_PRESETS
 
     atol, rtol = TOLERANCE_PRESETS["fp32-cpu"]
     parity("dump", "sam-fixture-vit-tiny", "--out", str(tmp_path), check=0)
@@ -131,7 +131,7 @@ def test_corrupted_mapping_fails_at_the_first_affected_capture(tiny_run, tmp_pat
 
 def test_mutation_suite_every_corruption_is_caught_where_it_first_matters(tmp_path):
     """30 single corruptions (swap, transpose, zero, drop, scale by 1.01, off-by-one layer, chunk swaps in fused qkv)."""
-    from converters.sam.selftest import MUTATIONS as SUITE
+    from parity.families.sam.selftest import MUTATIONS as SUITE
 
     assert len(SUITE) >= 20
     result = parity("selftest", "sam", "--out", str(tmp_path), check=0)

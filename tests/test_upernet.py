@@ -66,9 +66,9 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from converters.dumping import set_determinism
-from converters.upernet import origin
-from orchestrator.registry import all_recipes
+from parity.runtime.setup import set_determinism
+from parity.families.upernet import origin
+from parity.host.registry import all_recipes
 recipe = all_recipes()[{tiny!r}].model_copy(update={{"origin": "mmseg0"}})
 set_determinism("cpu", 1)
 model, _ = origin.load_original(recipe, __import__("pathlib").Path({checkpoint!r}))
@@ -86,8 +86,8 @@ def test_origin_vs_origin_diverges_exactly_where_the_layernorm_eps_differs(all_o
     Structure only, nothing measured elsewhere: the stacks agree bit for bit up to the first eps-1e-5 LayerNorm, differ
     there by more than fp32 noise alone gives (the same comparison with mmseg0's eps set to 1e-6, same run, same
     machine), and stay within the recipe's tolerance everywhere."""
-    from orchestrator.checkpoints import resolve
-    from orchestrator.registry import all_recipes
+    from parity.host.checkpoints import resolve
+    from parity.host.registry import all_recipes
 
     table = read_json(all_origins / "origins.json")
     assert table["origins"] == ["mmseg0", "mmseg1"]
@@ -120,8 +120,8 @@ def test_origin_vs_origin_diverges_exactly_where_the_layernorm_eps_differs(all_o
 def test_layernorm_eps_of_each_stack():
     code = """
 import torch
-from orchestrator.registry import all_recipes
-from converters.upernet import origin
+from parity.host.registry import all_recipes
+from parity.families.upernet import origin
 recipe = all_recipes()["upernet-convnext-tiny-random"].model_copy(update={{"origin": {o!r}}})
 m = origin.build_original(recipe)
 print(m.backbone.downsample_layers[0][1].eps, m.backbone.downsample_layers[1][0].eps, m.backbone.norm0.eps,
@@ -136,10 +136,10 @@ def test_mmcv_ops_shim_is_narrow_raises_and_is_never_called_by_a_real_forward(en
     """The shim only stands in for symbols of code UperNet never runs: a real load + forward leaves it uncalled."""
     code = f"""
 import sys, numpy as np, torch
-from converters.upernet import mmcv_ops_shim as shim
-from converters.upernet import origin
-from converters.dumping import synthetic_image
-from orchestrator.registry import all_recipes
+from parity.families.upernet import mmcv_ops_shim as shim
+from parity.families.upernet import origin
+from parity.origin.images import synthetic_image
+from parity.host.registry import all_recipes
 recipe = all_recipes()["upernet-convnext-tiny-random"].model_copy(update={{"origin": {env!r}}})
 model = origin.build_original(recipe)
 ops = sys.modules["mmcv.ops"]
@@ -147,7 +147,8 @@ assert getattr(ops, "__parity_shim__", False), "the real mmcv.ops imported: no s
 assert sorted(n for n in vars(ops) if not n.startswith("__")) == sorted(shim.NAMES)
 import importlib.util
 assert importlib.util.find_spec("mmcv._ext") is None
-origin.randomize(model, 3)
+from parity.origin.redraw import redraw
+redraw(model, 3, origin.redraw_rule)
 inputs, refs = origin.run_captures(recipe, model, {{"image": synthetic_image(1, 40, 40)}}, "cpu")
 assert shim.CALLS == [] and len(refs.tensors) > 30
 for name in shim.NAMES:
@@ -166,8 +167,8 @@ def test_recipe_configs_equal_the_configs_each_stack_ships():
     """original_config is data; it must be what mmseg's own config files say (SyncBN->BN, no ImageNet init)."""
     code = """
 import json, os
-from orchestrator.registry import all_recipes
-from converters.upernet.variants import ARCHS
+from parity.host.registry import all_recipes
+from parity.families.upernet.variants import ARCHS
 STACK = {stack!r}
 if STACK == "mmseg0":
     import mmseg, mmcv
@@ -217,7 +218,7 @@ def test_both_origins_reproduce_the_golden_fixture(tmp_path):
     Preprocessing is bit-identical; activations agree within the family's fp32 tolerance (the fixture ran torch 2.13
     on another CPU, this is torch 2.14.1 here: rounding noise differs between machines, so no magnitude is assumed).
     Across the two stacks, the first capture that differs is the first eps-1e-5 LayerNorm of mmcls 0.25."""
-    from orchestrator.manifests import TOLERANCE_PRESETS
+    from parity.contracts.recipe import TOLERANCE_PRESETS
 
     atol, rtol = TOLERANCE_PRESETS["fp32-cpu"]
     parity("convert", "upernet-fixture-convnext-tiny", "--origin", "all", "--out", str(tmp_path), check=0)
@@ -241,7 +242,7 @@ def test_both_origins_reproduce_the_golden_fixture(tmp_path):
 
 
 def test_mutation_suite_every_corruption_is_caught_where_it_first_matters(tmp_path):
-    from converters.upernet.selftest import MUTATIONS
+    from parity.families.upernet.selftest import MUTATIONS
 
     result = parity("selftest", "upernet", "--out", str(tmp_path), check=0)
     assert f"mutations caught at the expected capture: {len(MUTATIONS)} of {len(MUTATIONS)}" in result.stdout
@@ -326,8 +327,8 @@ torch.save(ckpt, {str(checkpoint)!r})
 
 
 def test_mmcv_comes_from_the_no_build_isolation_stage():
-    """orchestrator/envs.py: images/<env>/requirements-nobuildisolation.txt is a second, hashed install stage."""
-    from orchestrator import envs
+    """parity/host/envs.py: images/<env>/requirements-nobuildisolation.txt is a second, hashed install stage."""
+    from parity.host import envs
 
     pins = envs.pin_files("mmseg0")
     assert [p.name for p in pins][-1] == envs.NO_BUILD_ISOLATION

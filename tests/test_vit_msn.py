@@ -73,9 +73,9 @@ def test_fixture_loader_follows_msns_eval_recipe_and_rejects_other_containers(tm
     out = in_env("fixtures", f"""
 import torch
 from pathlib import Path
-from converters.vit_msn.origin import fixture_state_dict
-from converters.vit_msn.variants import FIXTURE_RECIPE
-from orchestrator.errors import ParityError
+from parity.families.vit_msn.origin import fixture_state_dict
+from parity.families.vit_msn.variants import FIXTURE_RECIPE
+from parity.contracts.errors import ParityError
 ck = torch.load({str(MSN_FIXTURE / 'checkpoint.pth.tar')!r}, weights_only=True)
 sd = fixture_state_dict(FIXTURE_RECIPE, Path({str(MSN_FIXTURE / 'checkpoint.pth.tar')!r}))
 print(len(sd), any(k.startswith(('module.', 'fc.')) for k in sd))
@@ -97,9 +97,9 @@ def test_projection_head_is_dropped_by_a_declared_rule():
     out = in_env("transformers", """
 import torch, transformers
 from safetensors.torch import load_file
-from converters.porting import convert_state_dict
-from converters.vit_msn import port
-from converters.vit_msn.variants import FIXTURE_RECIPE
+from parity.port.rules import convert_state_dict
+from parity.families.vit_msn import port
+from parity.families.vit_msn.variants import FIXTURE_RECIPE
 config = port.hf_config(FIXTURE_RECIPE)
 with torch.device('meta'):
     model = transformers.ViTMSNModel(config)
@@ -131,9 +131,9 @@ import numpy as np, torch
 from pathlib import Path
 from PIL import Image
 from safetensors.torch import load_file
-from converters.vit_msn import origin
-from converters.vit_msn.variants import FIXTURE_RECIPE as recipe, PUBLISHED
-from orchestrator.errors import ParityError
+from parity.families.vit_msn import origin
+from parity.families.vit_msn.variants import FIXTURE_RECIPE as recipe, PUBLISHED
+from parity.contracts.errors import ParityError
 fx = Path({str(MSN_FIXTURE)!r})
 refs = load_file(str(fx / 'inputs.safetensors'))
 images = {{n: np.asarray(Image.open(fx / (n + '.png')).convert('RGB')) for n in ('image', 'image96')}}
@@ -147,7 +147,8 @@ try:
 except ParityError as exc:
     print('grid error')
 head = origin.projection_head(recipe)
-origin.randomize(head, 0)
+from parity.origin.redraw import redraw
+redraw(head, 0, origin.redraw_rule)
 print(sorted(head.state_dict()) == sorted(k[len('module.fc.'):] for k in torch.load(fx / 'checkpoint.pth.tar',
       weights_only=True)['target_encoder'] if k.startswith('module.fc.')),
       all(not torch.all(v == 1) and not torch.all(v == 0) for k, v in head.state_dict().items() if v.is_floating_point()))

@@ -1,0 +1,2 @@
+"""CLIPSeg: timojl/clipseg CLIPDensePredT on OpenAI CLIP (origin, Docker only) vs transformers
+CLIPSegForImageSegmentation (port)."""

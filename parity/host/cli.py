@@ -1,0 +1,442 @@
+"""`parity`: list variants, convert them, dump originals, diff dumps, re-render reports, export schemas.
+
+Exit codes: 0 every variant passed; 1 a variant failed parity; 2 bad input or an error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from parity.contracts.errors import ParityError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+stdout = Console()
+
+
+class BackendName(str, Enum):
+    local = "local"
+    docker = "docker"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ParityError as exc:
+            console.print(f"[bold red]parity: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[bold red]parity: interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
+BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
+DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
+AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
+                                                                        "the weight mapping (dump needs it too).")]
+ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
+
+
+def _threads(recipe, threads: int | None) -> int:
+    import os
+
+    return threads or (1 if recipe.tiny else max(1, os.cpu_count() or 1))
+
+
+def _backend(name: BackendName | None, device: Device):
+    from parity.host.backends import get_backend
+
+    backend = get_backend(name.value if name else None)
+    if hasattr(backend, "device"):
+        backend.device = device.value
+    return backend
+
+
+@app.command("list")
+@one_line_errors
+def list_variants(selector: Annotated[Optional[str], typer.Argument(help="Id or prefix.")] = None) -> None:
+    """Variants known to parity, with where their original checkpoint comes from."""
+    from parity.host.registry import select
+
+    table = Table("id", "family", "origin", "checkpoint", "description")
+    for recipe in select(selector):
+        source = recipe.checkpoint
+        where = {"url": source.url, "generate": f"generated (seed {source.generate.seed if source.generate else ''})",
+                 "fixture": f"fixture {source.fixture}"}[source.kind]
+        table.add_row(recipe.id, recipe.family, recipe.origin, where, recipe.description)
+    stdout.print(table)
+
+
+def _summary(rows: list[tuple[str, str, str, str, float]]) -> None:
+    table = Table("variant", "verdict", "first divergence", "worst max-abs", "time")
+    colours = {"pass": "green", "fail": "red", "error": "red"}
+    for variant, verdict, first, worst, seconds in rows:
+        table.add_row(variant, f"[{colours[verdict]}]{verdict}[/]", escape(first), worst, f"{seconds:.1f}s")
+    stdout.print(table)
+
+
+def _report_row(report, seconds: float) -> tuple[str, str, str, str, float]:
+    worst = max((c.max_abs or 0.0 for c in report.captures), default=0.0)
+    first = report.first_divergence or (report.error or "")
+    return report.recipe_id, report.verdict, first, f"{worst:.2e}", seconds
+
+
+@app.command()
+@one_line_errors
+def convert(
+    selector: Annotated[str, typer.Argument(help="Variant id, or a prefix selecting several.")],
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
+    origin: Annotated[Optional[str], typer.Option(help="Origin stack: one of the family's origins, or 'all' (each "
+                                                       "into OUT/<id>/<origin>/, plus origin-vs-origin).")] = None,
+) -> None:
+    """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
+    from parity.host.pipeline import convert as run_convert
+    from parity.host.registry import select
+
+    recipes = select(selector)
+    if checkpoint is not None and len(recipes) > 1:
+        raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
+    chosen = _backend(backend, device)
+    if origin:
+        _convert_origins(recipes, origin, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
+                         threads=threads, all_modules=all_modules)
+        return
+    rows, reports = [], []
+    for recipe in recipes:
+        started = time.perf_counter()
+        with console.status(f"{recipe.id}: starting") as status:
+            try:
+                report = run_convert(recipe, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
+                                     threads=_threads(recipe, threads), all_modules=all_modules,
+                                     on_progress=lambda m: status.update(f"{recipe.id}: {m}"))
+            except ParityError as exc:
+                if len(recipes) == 1:
+                    raise
+                console.print(f"[red]{recipe.id}: error:[/] {escape(str(exc))}", highlight=False)
+                rows.append((recipe.id, "error", str(exc)[:80], "–", time.perf_counter() - started))
+                continue
+        rows.append(_report_row(report, time.perf_counter() - started))
+        reports.append(report)
+        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
+    _summary(rows)
+    if len(recipes) > 1:
+        from parity.host.render import write_summary
+
+        write_summary(reports, out)
+    _print_errors(reports)
+    _exit_for([row[1] for row in rows])
+
+
+def _convert_origins(recipes, origin: str, backend, out: Path, *, threads, **kwargs) -> None:
+    """`convert --origin NAME|all`: every chosen origin of each variant, one checkpoint, origin-vs-origin table."""
+    from parity.host.pipeline import convert_origins
+    from parity.host.registry import family_of
+
+    rows, reports = [], []
+    for recipe in recipes:
+        names = list(family_of(recipe).origins) if origin == "all" else [origin]
+        started = time.perf_counter()
+        with console.status(f"{recipe.id}: starting") as status:
+            try:
+                found = convert_origins(recipe, backend, out, names, threads=_threads(recipe, threads),
+                                        on_progress=lambda m, rid=recipe.id: status.update(f"{rid}: {m}"), **kwargs)
+            except ParityError as exc:
+                if len(recipes) == 1:
+                    raise
+                console.print(f"[red]{recipe.id}: error:[/] {escape(str(exc))}", highlight=False)
+                rows.append((recipe.id, "error", str(exc)[:80], "–", time.perf_counter() - started))
+                continue
+        for name, report in zip(names, found):
+            row = _report_row(report, time.perf_counter() - started)
+            rows.append((f"{row[0]} ({name})", *row[1:]))
+            reports.append(report)
+            console.print(f"{recipe.id} ({name}): [bold]{report.verdict.upper()}[/] → {out / recipe.id / name}/report.md",
+                          highlight=False)
+        if len(names) > 1:
+            console.print(f"{recipe.id}: origin vs origin → {out / recipe.id}/origins.md", highlight=False)
+    _summary(rows)
+    _print_errors(reports)
+    _exit_for([row[1] for row in rows])
+
+
+def _print_errors(reports) -> None:
+    for report in reports:
+        if report.verdict == "error":
+            console.print(f"[bold red]parity: error:[/] {report.recipe_id}: {escape(report.error or '')}", highlight=False, soft_wrap=True)
+
+
+def _exit_for(verdicts: list[str]) -> None:
+    if "error" in verdicts:
+        raise typer.Exit(2)
+    if "fail" in verdicts:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def dump(
+    selector: Annotated[str, typer.Argument(help="Variant id or prefix.")],
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
+) -> None:
+    """Run only the origin side: write OUT/<id>/dump (safetensors + manifest.json)."""
+    from parity.host.pipeline import make_dump
+    from parity.host.registry import select
+
+    chosen = _backend(backend, device)
+    for recipe in select(selector):
+        with console.status(f"{recipe.id}: starting") as status:
+            folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
+                               device=device.value, threads=_threads(recipe, threads),
+                               on_progress=lambda m: status.update(m), all_modules=all_modules)
+        stdout.print(str(folder))
+
+
+@app.command()
+@one_line_errors
+def diff(
+    dump_dir: Annotated[Path, typer.Option("--dump", help="A dump folder, or a golden fixture folder.")],
+    port: Annotated[Optional[str], typer.Option(help="An existing port (save_pretrained folder or hub id).")] = None,
+    mutate: Annotated[Optional[str], typer.Option(help="JSON mutation of the converted weights, to prove the diff "
+                                                        "catches it, e.g. '{\"kind\": \"zero\", \"key\": K}'.")] = None,
+    backend: BackendOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>).")] = None,
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+    all_modules: AllModulesOption = False,
+) -> None:
+    """Diff a dump against the port: converted from the dump's state dict, or an existing port with --port."""
+    from parity.contracts.io import load_model
+    from parity.contracts.manifests import DumpManifest
+    from parity.host.envs import cache_dir
+    from parity.host.pipeline import import_fixture, run_diff
+
+    dump_dir = dump_dir.expanduser().resolve()
+    if not dump_dir.is_dir():
+        raise ParityError(f"dump folder not found: {dump_dir}")
+    chosen = _backend(backend, device)
+    started = time.perf_counter()
+    with console.status("starting") as status:
+        if not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file():
+            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), lambda m: status.update(m))
+        manifest = load_model(DumpManifest, dump_dir / "manifest.json")
+        target = out or Path("out") / manifest.recipe.id
+        mutation = _parse_mutation(mutate) if mutate else None
+        report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
+                          all_modules=all_modules,
+                          threads=_threads(manifest.recipe, threads), on_progress=lambda m: status.update(m))
+    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
+    _summary([_report_row(report, time.perf_counter() - started)])
+    _print_errors([report])
+    _exit_for([report.verdict])
+
+
+def _parse_mutation(text: str):
+    from pydantic import ValidationError
+
+    from parity.contracts.io import validation_message
+    from parity.contracts.mutations import Mutation
+
+    try:
+        return Mutation.model_validate_json(text)
+    except ValidationError as exc:
+        raise ParityError(f"--mutate is not a valid mutation: {validation_message(exc)}") from None
+
+
+@app.command()
+@one_line_errors
+def generate(
+    selector: Annotated[str, typer.Argument(help="Variant id (any size).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed for re-drawing every parameter.")] = 0,
+    backend: BackendOption = None,
+) -> None:
+    """Write a random checkpoint in the variant's ORIGINAL format, made by the original code (offline testing)."""
+    from parity.contracts.recipe import CheckpointSource, GenerateSpec
+    from parity.host.pipeline import generate_checkpoint
+    from parity.host.registry import select
+
+    recipes = select(selector)
+    if len(recipes) != 1:
+        raise ParityError(f"{selector!r} selects {len(recipes)} variants; generate takes one id")
+    recipe = recipes[0]
+    seeded = recipe.model_copy(update={"checkpoint": CheckpointSource(
+        kind="generate", generate=GenerateSpec(seed=seed), container=recipe.checkpoint.container)})
+    with console.status(f"{recipe.id}: generating with the original code") as status:
+        generate_checkpoint(seeded, _backend(backend, Device.cpu), out.expanduser().resolve(),
+                            on_progress=lambda m: status.update(m))
+    stdout.print(str(out))
+
+
+@app.command()
+@one_line_errors
+def selftest(
+    families_: Annotated[Optional[list[str]], typer.Argument(metavar="[FAMILY]...", help="Default: every family "
+                                                             "with a mutation suite.")] = None,
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+) -> None:
+    """Prove the comparison catches mapping mistakes: each family's mutation suite on its tiny variant."""
+    import importlib
+
+    from parity.host.pipeline import make_dump, run_mutations
+    from parity.host.registry import all_recipes, families
+
+    chosen = _backend(backend, Device.cpu)
+    names = families_ or [n for n in families() if importlib.util.find_spec(f"parity.families.{n}.selftest")]
+    table = Table("family", "mutation", "expected first failure", "parity said", "ok")
+    failures = 0
+    for name in names:
+        if name not in families():
+            raise ParityError(f"unknown family {name!r} (known: {', '.join(families())})")
+        if importlib.util.find_spec(f"parity.families.{name}.selftest") is None:
+            raise ParityError(f"family {name!r} has no mutation suite (parity/families/{name}/selftest.py)")
+        suite = importlib.import_module(f"parity.families.{name}.selftest")
+        recipe = all_recipes()[suite.VARIANT]
+        folder = out / "selftest" / recipe.id
+        with console.status(f"{recipe.id}: dumping the original") as status:
+            dump_dir = make_dump(recipe, chosen, folder, checkpoint=None, sha256=None, device="cpu", threads=1,
+                                 on_progress=lambda m: status.update(m))
+            results = run_mutations(dump_dir, chosen, folder, [m for m, _ in suite.MUTATIONS], device="cpu",
+                                    threads=1, on_progress=lambda m: status.update(m))
+        for (mutation, expected), result in zip(suite.MUTATIONS, results):
+            said = result.first_divergence if result.verdict == "fail" else result.verdict
+            ok = said == expected
+            failures += not ok
+            table.add_row(name, escape(mutation.label()), expected, escape(str(said)),
+                          "[green]yes[/]" if ok else "[red]NO[/]")
+    stdout.print(table)
+    stdout.print(f"mutations caught at the expected capture: {len(table.rows) - failures} of {len(table.rows)}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding report.json.")]) -> None:
+    """Render report.md again from report.json (no recomputation)."""
+    from parity.host.render import rerender
+
+    rows = []
+    for folder in folders:
+        result = rerender(folder)
+        rows.append(_report_row(result, result.durations.get("total", 0.0)))
+    _summary(rows)
+    _exit_for([row[1] for row in rows])
+
+
+class GroupBy(str, Enum):
+    none = "none"
+    origin = "origin"
+
+
+@app.command()
+@one_line_errors
+def matrix(
+    selector: Annotated[Optional[str], typer.Argument(help="Id or prefix (default: every variant).")] = None,
+    include_tiny: Annotated[bool, typer.Option(help="Include tiny and fixture variants.")] = False,
+    group_by: Annotated[GroupBy, typer.Option(help="origin: one entry per origin image with its variants.")] = GroupBy.none,
+) -> None:
+    """JSON for a CI matrix: the variant ids (published ones by default), optionally grouped by origin image."""
+    from parity.host.registry import select
+
+    recipes = [r for r in select(selector) if include_tiny or not r.tiny]
+    if group_by is GroupBy.origin:
+        groups: dict[str, list[str]] = {}
+        for recipe in recipes:
+            groups.setdefault(recipe.origin, []).append(recipe.id)
+        payload: object = [{"origin": origin, "variants": ids} for origin, ids in groups.items()]
+    else:
+        payload = [recipe.id for recipe in recipes]
+    print(json.dumps(payload, separators=(",", ":")))
+
+
+@app.command()
+@one_line_errors
+def doctor() -> None:
+    """What can run here: backends, Docker engine, GPU, and each environment (built, buildable, or Docker-only)."""
+    import importlib.util
+    import platform
+    import shutil
+
+    from parity.host import envs
+
+    table = Table("check", "status", "detail")
+    table.add_row("python", "ok", f"{platform.python_version()} ({sys.executable})")
+    table.add_row("cache", "ok", str(envs.cache_dir()))
+    if importlib.util.find_spec("docker") is None:
+        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    else:
+        try:
+            from parity.host.backends.docker import DockerBackend
+
+            DockerBackend()
+            table.add_row("docker backend", "ok", "engine reachable")
+        except ParityError as exc:
+            table.add_row("docker backend", "unavailable", escape(str(exc)))
+    gpu = shutil.which("nvidia-smi")
+    table.add_row("GPU", "present" if gpu else "none", gpu or "no nvidia-smi on PATH: --device cuda unavailable")
+    for folder in sorted(p.parent for p in envs.IMAGES.glob("*/requirements.txt")):
+        name = folder.name
+        reason = envs.local_unsupported(name)
+        if reason:
+            state, detail = "docker only", reason
+        elif envs.is_built(name):
+            state, detail = "built", str(envs.env_dir(name))
+        else:
+            state, detail = "buildable", f"built on first use into {envs.env_dir(name)}"
+        table.add_row(f"env {name}", state, escape(detail))
+    stdout.print(table)
+
+
+@app.command()
+@one_line_errors
+def schema(out: Annotated[Path, typer.Option(help="Folder for the JSON Schemas.")] = Path("schemas")) -> None:
+    """Write the JSON Schemas of Recipe, DumpManifest, ConversionRecord and ParityReport."""
+    from parity.contracts.schemas import SCHEMAS
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, model in SCHEMAS.items():
+        (out / f"{name}.schema.json").write_text(json.dumps(model.model_json_schema(), indent=2) + "\n")
+        stdout.print(str(out / f"{name}.schema.json"))
+
+
+def main() -> None:
+    app(prog_name="parity")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The steps of one variant, wired together on the host: checkpoint, origin dump, port conversion + diff, reports.
+
+Every step is a typed request (parity.contracts.steps) handed to a backend; nothing here builds an argv."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from parity.contracts.errors import ParityError
+from parity.contracts.io import load_model
+from parity.contracts.mutations import Mutation
+from parity.contracts.paths import fixtures_dir
+from parity.contracts.recipe import Recipe
+from parity.contracts.report import MutationResult, ParityReport
+from parity.contracts.steps import DumpRequest, GenerateRequest, ImportFixtureRequest, PortRequest
+from parity.host.backends import Backend, Progress
+from parity.host.checkpoints import ResolvedCheckpoint, resolve
+from parity.host.envs import cache_dir
+from parity.host.registry import family_of, recipe_for_fixture
+from parity.host.render import write_reports
+
+PORT_ENV = "transformers"
+STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf")
+
+
+def _reads_fixtures(recipe: Recipe) -> bool:
+    return any(image.kind == "fixture-file" for image in recipe.inputs.images)
+
+
+def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
+                        log: Path | None = None) -> None:
+    """The original code builds the model, re-draws every tensor from the seed and saves its native container."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend.run(recipe.origin, GenerateRequest(recipe=recipe, out=path),
+                log=log or cache_dir() / "logs" / f"generate-{recipe.id}.log", on_progress=on_progress)
+
+
+def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
+              device: str, threads: int, on_progress: Progress, all_modules: bool = False,
+              resolved: ResolvedCheckpoint | None = None) -> Path:
+    """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
+    backend.prepare(recipe.origin, on_progress)
+    resolved = resolved or resolve(recipe, checkpoint, sha256)
+    logs = out / "logs"
+    if resolved.needs_generation:
+        on_progress(f"{recipe.id}: generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
+        generate_checkpoint(recipe, backend, resolved.path, on_progress, log=logs / "generate.log")
+    on_progress(f"{recipe.id}: original forward in the {recipe.origin} origin")
+    request = DumpRequest(recipe=recipe, checkpoint=resolved.path, checkpoint_source=resolved.source,
+                          out=out / "dump", device=device, threads=threads, all_modules=all_modules,
+                          fixtures=fixtures_dir() if _reads_fixtures(recipe) else None)
+    return backend.run(recipe.origin, request, log=logs / "dump.log", on_progress=on_progress).dump
+
+
+def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress) -> Path:
+    """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes)."""
+    meta = fixture / "fixture.json"
+    recipe = recipe_for_fixture(json.loads(meta.read_text())["name"])
+    key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
+    dump_dir = cache / "dumps" / f"fixture-{fixture.name}-{key}"
+    if (dump_dir / "manifest.json").is_file():
+        return dump_dir
+    on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
+    request = ImportFixtureRequest(recipe=recipe, fixture=fixture, fixtures=fixture.parent, out=dump_dir)
+    return backend.run(family_of(recipe).importer_env, request, log=cache / "logs" / f"import-{fixture.name}.log",
+                       on_progress=on_progress).dump
+
+
+def clear_stale(out: Path, *extra: str) -> None:
+    """A failed run must not leave an earlier run's report, model or dump looking like this run's result."""
+    for name in (*STALE, *extra):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
+             on_progress: Progress, mutation: Mutation | None = None, save: bool = True,
+             all_modules: bool = False) -> ParityReport:
+    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out)
+    request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
+                          all_modules=all_modules, mutate=mutation)
+    response = backend.run(PORT_ENV, request, log=out / "logs" / "port.log", on_progress=on_progress)
+    report = load_model(ParityReport, response.report)
+    write_reports(report, out)
+    return report
+
+
+def convert(recipe: Recipe, backend: Backend, out_root: Path, *, checkpoint: Path | None = None,
+            sha256: str | None = None, device: str = "cpu", threads: int = 1,
+            on_progress: Progress = lambda _m: None, all_modules: bool = False) -> ParityReport:
+    out = out_root / recipe.id
+    out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out, "dump")
+    dump_dir = make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device,
+                         threads=threads, on_progress=on_progress, all_modules=all_modules)
+    return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress,
+                    all_modules=all_modules)
+
+
+def run_mutations(dump_dir: Path, backend: Backend, out: Path, mutations: list[Mutation], *, device: str,
+                  threads: int, on_progress: Progress) -> list[MutationResult]:
+    """Run a list of weight corruptions against one dump in one port process; returns what parity concluded (also
+    written to OUT/mutations.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutations.json").unlink(missing_ok=True)
+    request = PortRequest(dump=dump_dir, out=out, device=device, threads=threads, mutations=mutations)
+    results = backend.run(PORT_ENV, request, log=out / "logs" / "mutations.log", on_progress=on_progress).mutations
+    tmp = out / ".mutations.json.tmp"
+    tmp.write_text(json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
+    tmp.replace(out / "mutations.json")
+    return results
+
+
+def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: list[str], *,
+                    checkpoint: Path | None = None, sha256: str | None = None, device: str = "cpu", threads: int = 1,
+                    on_progress: Progress = lambda _m: None, all_modules: bool = False) -> list[ParityReport]:
+    """`convert --origin NAME|all`: ONE checkpoint (generated by the recipe's default origin when tiny), dumped by each
+    chosen origin into OUT/<id>/<origin>/ and diffed against the port; with two or more origins the origins are also
+    compared with each other, capture by capture (OUT/<id>/origins.{json,md})."""
+    from parity.host.origins import compare_origins
+
+    known = family_of(recipe).origins
+    unknown = [o for o in origins if o not in known]
+    if unknown:
+        raise ParityError(f"{recipe.id}: unknown origin {unknown[0]!r} (this family has: {', '.join(known)}, or all)")
+    root = out_root / recipe.id
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "origins.json").unlink(missing_ok=True)
+    (root / "origins.md").unlink(missing_ok=True)
+    for origin in origins:
+        backend.prepare(origin, on_progress)
+    resolved = resolve(recipe, checkpoint, sha256)
+    if resolved.needs_generation:
+        on_progress(f"{recipe.id}: generating the tiny original checkpoint in {recipe.origin}")
+        generate_checkpoint(recipe, backend, resolved.path, on_progress, log=root / "logs" / "generate.log")
+        resolved = ResolvedCheckpoint(resolved.path, resolved.source)
+    reports, dumps = [], {}
+    for origin in origins:
+        variant = recipe.model_copy(update={"origin": origin})
+        out = root / origin
+        out.mkdir(parents=True, exist_ok=True)
+        clear_stale(out, "dump")
+        dumps[origin] = make_dump(variant, backend, out, checkpoint=None, sha256=None, device=device, threads=threads,
+                                  on_progress=on_progress, all_modules=all_modules, resolved=resolved)
+        reports.append(run_diff(dumps[origin], backend, out, port=None, device=device, threads=threads,
+                                on_progress=on_progress, all_modules=all_modules))
+    if len(origins) > 1:
+        compare_origins(recipe, dumps, reports, root)
+    return reports

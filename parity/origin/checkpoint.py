@@ -1,0 +1,47 @@
+"""Reading original checkpoint files (pickles are opened only on the origin side, and only with weights_only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from parity.contracts.errors import ParityError
+
+
+def read_torch_file(path: Path, what: str = "checkpoint", *, mmap: bool = False, hint: str = "") -> Any:
+    """torch.load(weights_only=True) with one-line errors for missing, unreadable or truncated files."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise ParityError(f"{what} not found: {path}") from None
+    except Exception as exc:  # torch raises many types for damaged archives
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParityError(f"{what} {path} is not a readable torch file (truncated or damaged?{hint}): {reason}") from None
+
+
+def load_state_dict_file(path: Path, what: str = "checkpoint", *, mmap: bool = True, hint: str = ""
+                         ) -> dict[str, torch.Tensor]:
+    """A plain torch.save of a state dict (a dict of tensors)."""
+    obj = read_torch_file(path, what, mmap=mmap, hint=hint)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ParityError(f"{what} {path} is not a plain state dict of tensors")
+    return obj
+
+
+def check_strict_load(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Load like the original loader does (strict), but report missing/unexpected keys in one line."""
+    result = module.load_state_dict(state_dict, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing keys {_short(result.missing_keys)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys {_short(result.unexpected_keys)}")
+    if problems:
+        raise ParityError(f"checkpoint {path} does not fit the original model: {'; '.join(problems)}")
+
+
+def _short(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return f"[{shown}{', ...' if len(keys) > 3 else ''}] ({len(keys)})"

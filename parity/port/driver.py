@@ -1,0 +1,128 @@
+"""The port step, one driver for both modes: report mode (convert or load, run, diff, report, save) and self-test mode
+(one conversion per mutation, each judged the same way; the response lists what parity concluded)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from parity.contracts.errors import ParityError
+from parity.contracts.family import PortModule, load_half
+from parity.contracts.io import write_model
+from parity.contracts.metrics import mark_first_divergence
+from parity.contracts.mutations import Mutation
+from parity.contracts.recipe import Recipe
+from parity.contracts.report import CaptureResult, MutationResult, ParityReport
+from parity.contracts.steps import PortRequest, PortResponse
+from parity.port.diffing import Captured, Judge, diff_captures, heatmap, processor_verdict
+from parity.port.dump import Dump
+from parity.port.hooks import ModuleOutputs
+from parity.port.model import build_converted_model, conversion_record, load_existing, save_port
+from parity.port.pairing import diff_modules
+from parity.runtime.protocol import progress
+from parity.runtime.setup import environment_record, set_determinism
+
+PORT_PACKAGES = ("transformers", "torch", "torchvision", "safetensors", "tokenizers", "huggingface_hub", "pillow")
+
+
+def port_module(recipe: Recipe) -> PortModule:
+    """The family's port.py, checked against the PortModule Protocol."""
+    return load_half(recipe.family, "port", PortModule)
+
+
+def _judge_forward(family: PortModule, recipe: Recipe, model, processor, dump: Dump, judge: Judge, device: str
+                   ) -> tuple[Captured, list[CaptureResult], str | None]:
+    """Run the port's capture plan on the dump's inputs and judge every capture (shared by both modes)."""
+    with torch.no_grad():
+        captured = family.port_captures(recipe, model.to(device), processor, dump, device)
+    results = diff_captures(judge, dump, captured)
+    return captured, results, mark_first_divergence(results)
+
+
+def _mutation_result(family, recipe, state, processor, dump, judge, device, mutation: Mutation) -> MutationResult:
+    try:
+        model, record = build_converted_model(family, recipe, state, mutation)
+        if model is None:
+            raise ParityError(record.error_line())
+        _, _, first = _judge_forward(family, recipe, model, processor, dump, judge, device)
+        return MutationResult(mutation=mutation, verdict="fail" if first else "pass", first_divergence=first)
+    except ParityError as exc:
+        return MutationResult(mutation=mutation, verdict="error", error=str(exc))
+
+
+def run(request: PortRequest) -> PortResponse:
+    set_determinism(request.device, request.threads)
+    dump = Dump(request.dump)
+    recipe = dump.recipe
+    if request.all_modules and not dump.manifest.modules:
+        raise ParityError(f"{dump.folder} has no module captures: dump again with --all-modules")
+    family = port_module(recipe)
+    judge = Judge.for_dump(dump, request.device)
+    processor = family.build_processor(recipe)
+    if request.mutations:
+        state = dump.state_dict()
+        results = []
+        for index, mutation in enumerate(request.mutations):
+            progress(f"mutation {index + 1}/{len(request.mutations)}: {mutation.label()}")
+            results.append(_mutation_result(family, recipe, state, processor, dump, judge, request.device, mutation))
+        return PortResponse(mutations=results)
+    report = _report(request, dump, family, judge, processor)
+    write_model(report, request.out / "report.json")
+    return PortResponse(report=request.out / "report.json", verdict=report.verdict)
+
+
+def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, processor) -> ParityReport:
+    recipe = dump.recipe
+    started = time.perf_counter()
+    durations: dict[str, float] = {}
+    facts = dict(recipe_id=recipe.id, recipe_hash=dump.manifest.recipe_hash, dump=str(dump.folder),
+                 dump_producer=dump.manifest.producer, port=request.port or "converted", device=request.device,
+                 origin_environment=dump.manifest.environment,
+                 port_environment=environment_record(request.device, PORT_PACKAGES),
+                 checkpoint_sha256=dump.manifest.checkpoint.sha256)
+    request.out.mkdir(parents=True, exist_ok=True)
+    record = None
+    try:
+        if request.port is None:
+            progress("converting the original state dict (strict accounting)")
+            model, record = build_converted_model(family, recipe, dump.state_dict(), request.mutate)
+            write_model(record, request.out / "conversion.json")
+            if model is None:
+                raise ParityError(record.error_line())
+        else:
+            model = load_existing(recipe, request.port)
+        durations["convert"] = time.perf_counter() - started
+        progress("running the port on the origin's inputs")
+        t0 = time.perf_counter()
+        recorder = ModuleOutputs(model) if request.all_modules else None
+        try:
+            captured, results, first = _judge_forward(family, recipe, model, processor, dump, judge, request.device)
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        durations["forward"] = time.perf_counter() - t0
+        extra = {}
+        if recorder is not None:
+            if record is None:
+                record = conversion_record(family, recipe, model, dump.state_dict())
+            modules, extra["unpaired"] = diff_modules(judge, dump, record, recorder.outputs)
+            extra["modules"] = sorted(modules, key=lambda r: r.execution_index)
+            # A shape mismatch between derived pairs means the two modules are called differently (e.g. SAM's
+            # shared positional-encoding layer), not that a weight is wrong: it is shown, not chased.
+            extra["module_first_divergence"] = mark_first_divergence(
+                [m for m in extra["modules"] if m.verdict != "shape-mismatch"])
+        report = ParityReport(**facts, verdict="fail" if first else "pass", first_divergence=first, captures=results,
+                              heatmap=heatmap(dump, captured, results),
+                              processor=processor_verdict(judge, family, recipe, processor, dump),
+                              conversion=record if request.port is None else None, **extra)
+        if request.save and request.port is None and request.mutate is None:
+            progress("saving the converted model (save_pretrained)")
+            t0 = time.perf_counter()
+            save_port(model.to("cpu"), processor, request.out / "hf")
+            durations["save"] = time.perf_counter() - t0
+    except ParityError as exc:
+        report = ParityReport(**facts, verdict="error", error=str(exc), conversion=record)
+    durations["total"] = time.perf_counter() - started
+    report.durations = durations
+    return report

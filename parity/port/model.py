@@ -1,0 +1,99 @@
+"""The port model: built on the meta device and filled with the converted tensors (nothing random-initialised),
+saved atomically, or an existing port loaded for re-verification."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from parity.contracts.conversion import ConversionRecord
+from parity.contracts.errors import ParityError
+from parity.contracts.family import PortModule
+from parity.contracts.mutations import Mutation
+from parity.contracts.recipe import Recipe
+from parity.port.mutations import apply_mutation
+from parity.port.rules import convert_state_dict
+
+
+def model_class(recipe: Recipe):
+    import transformers
+
+    try:
+        return getattr(transformers, recipe.hf.model_class)
+    except AttributeError:
+        raise ParityError(f"{recipe.id}: transformers has no class {recipe.hf.model_class!r}") from None
+
+
+def expected_shapes(model) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def build_converted_model(family: PortModule, recipe: Recipe, state: dict[str, torch.Tensor],
+                          mutation: Mutation | None = None):
+    """(model, record); model is None when strict accounting fails (the record says why)."""
+    config = family.hf_config(recipe)
+    cls = model_class(recipe)
+    with torch.device("meta"):
+        model = cls(config)
+    converted, record = convert_state_dict(recipe.id, state, family.rules(recipe), expected_shapes(model))
+    if not record.ok:
+        return None, record
+    if mutation is not None:
+        apply_mutation(converted, mutation)
+    result = model.load_state_dict(converted, strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise ParityError(f"loading the converted weights left missing {result.missing_keys[:3]} "
+                          f"unexpected {result.unexpected_keys[:3]}")
+    _materialise_non_persistent_buffers(model, cls, config)
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise ParityError(f"tensors left on the meta device after loading: {still_meta[:3]}")
+    return model.eval(), record
+
+
+def conversion_record(family: PortModule, recipe: Recipe, model, state: dict[str, torch.Tensor]) -> ConversionRecord:
+    """The weight mapping of an existing port (for --all-modules pairing), without building anything."""
+    return convert_state_dict(recipe.id, state, family.rules(recipe), expected_shapes(model))[1]
+
+
+def _materialise_non_persistent_buffers(model, cls, config) -> None:
+    """Non-persistent buffers (index tables, constants) are not weights: take them from a real construction.
+
+    Only runs when the model has such buffers; parameters of the throw-away instance are never copied."""
+    pending = [name for name, buf in model.named_buffers() if buf.is_meta]
+    if not pending:
+        return
+    reference = cls(config)
+    buffers = dict(reference.named_buffers())
+    for name in pending:
+        owner_path, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        owner._buffers[leaf] = buffers[name].detach().clone()
+
+
+def save_port(model, processor, out: Path) -> None:
+    """save_pretrained into a temp folder, then rename: a half-written model folder never exists."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        model.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_existing(recipe: Recipe, port: str):
+    """An existing port (save_pretrained folder or hub id), loaded as transformers loads it."""
+    try:
+        return model_class(recipe).from_pretrained(port).eval()
+    except OSError as exc:
+        raise ParityError(f"cannot load port {port!r}: {str(exc).splitlines()[0]}") from None

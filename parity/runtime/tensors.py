@@ -1,0 +1,42 @@
+"""Tensor helpers used by both sides."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+DTYPE_NAMES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL", torch.int8: "I8",
+}
+"""torch dtype -> safetensors dtype name."""
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hash of the raw bytes (any dtype, bf16 included): equal hashes mean bit-identical tensors."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def first_tensor(output) -> torch.Tensor | None:
+    """The main output of a module: a tensor, or the first tensor of a tuple/list/dict/ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy view for the metrics (half types widened to float32)."""
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy()
