@@ -186,7 +186,8 @@ def convert(
                 continue
         rows.append(_report_row(report, time.perf_counter() - started))
         reports.append(report)
-        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
+        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False,
+                      soft_wrap=True)
     _summary(rows)
     if len(recipes) > 1:
         from parity.host.render import write_summary
@@ -305,7 +306,8 @@ def diff(
         report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
                           all_modules=all_modules, transformers=transformers,
                           threads=_threads(manifest.recipe, threads), on_progress=status.update)
-    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
+    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False,
+                  soft_wrap=True)
     _summary([_report_row(report, time.perf_counter() - started)])
     _print_errors([report])
     _exit_for([report.verdict])
@@ -492,6 +494,45 @@ def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding r
         rows.append(_report_row(result, result.durations.get("total", 0.0)))
     _summary(rows)
     _exit_for([row[1] for row in rows])
+
+
+@app.command()
+@one_line_errors
+def publish(
+    variant: Annotated[str, typer.Argument(help="Variant id (its OUT/<id>/ from `parity convert`), or that folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created when missing).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage the folder and the list of commit operations "
+                                                            "under OUT/<id>/publish/ and stop: no network.")] = False,
+    open_pr: Annotated[bool, typer.Option("--open-pr", help="Open a pull request on an existing repository.")] = False,
+    allow_fail: Annotated[bool, typer.Option("--allow-fail", help="Publish a port whose latest report failed, with "
+                                                                  "the failure in the card.")] = False,
+    out: OutOption = Path("out"),
+) -> None:
+    """Upload the saved port, its processor, a model card generated from the report, and the proof (reports,
+    conversion record, dump manifest), in one commit; refused unless the variant's latest report passed."""
+    from parity.host.publish import check_repo_id, stage, upload
+
+    check_repo_id(repo_id)
+    folder = Path(variant).expanduser()
+    if not (folder / "report.json").is_file():
+        from parity.host.registry import select
+
+        recipes = select(variant)
+        if len(recipes) != 1 or recipes[0].id != variant.lower():
+            raise ParityError(f"{variant!r} is not one variant id (or a folder holding report.json)")
+        folder = out / recipes[0].id
+    plan = stage(folder, repo_id, allow_fail=allow_fail, private=private, revision=revision, create_pr=open_pr)
+    size = sum(op.bytes for op in plan.operations)
+    console.print(f"{plan.recipe_id}: {plan.verdict.upper()}; staged {len(plan.operations)} files ({size / 1e6:.1f} MB)"
+                  f" → {plan.folder}", highlight=False, soft_wrap=True)
+    if dry_run:
+        stdout.print(str(plan.folder.parent / "operations.json"), highlight=False, soft_wrap=True)
+        return
+    with StepProgress(console, plan.recipe_id, announce=f"uploading to {repo_id} in one commit"):
+        url = upload(plan)
+    stdout.print(url, highlight=False, soft_wrap=True)
 
 
 class GroupBy(str, Enum):

@@ -77,7 +77,8 @@ def _own_pins(base: str) -> Path:
     own = IMAGES / base / "requirements.txt"
     if not own.is_file():
         known = sorted(p.parent.name for p in IMAGES.glob("*/requirements.txt"))
-        raise ParityError(f"no environment {base!r} (images/{base}/requirements.txt missing; known: {', '.join(known)})")
+        raise ParityError(f"no environment {base!r} (images/{base}/requirements.txt missing; "
+                          f"known: {', '.join(known)})")
     return own
 
 

@@ -23,7 +23,8 @@ from parity.host.registry import family_of, recipe_for_fixture
 from parity.host.render import write_reports
 
 PORT_ENV = "transformers"
-STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf")
+STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf", "publish", "recheck")
+"""What a run replaces: a staged publish folder or a re-check of the previous model must not outlive it."""
 
 
 def _reads_fixtures(recipe: Recipe) -> bool:
