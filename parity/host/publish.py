@@ -280,27 +280,29 @@ def _environment(record: EnvironmentRecord | None) -> str:
 def _checkpoint_source(manifest: DumpManifest) -> str:
     """Where the original checkpoint came from, without local directories (a card is public)."""
     recipe, source = manifest.recipe, manifest.checkpoint.source
-    if re.match(r"^https?://", source):
+    if re.match(r"^https?://", source) or source.startswith(("generated", "fixture ")):
         return source
+    local = Path(source.removeprefix("file ")).name
     if recipe.checkpoint.kind == "url" and recipe.checkpoint.url:
-        return f"{recipe.checkpoint.url} (loaded from a local copy, {Path(source).name})"
-    if recipe.checkpoint.kind == "generate":
-        return source
-    return f"local file {Path(source).name}"
+        return f"{recipe.checkpoint.url} (loaded from a local copy, {local})"
+    return f"local file {local}"
 
 
 def reverify_command(manifest: DumpManifest, repo_id: str) -> str:
+    if manifest.producer == "fixture":
+        return f"parity diff --dump ../shared/fixtures/{manifest.recipe.checkpoint.fixture} --port {repo_id}"
     return f"parity diff --dump out/{manifest.recipe.id}/dump --port {repo_id}"
 
 
 def _dump_command(manifest: DumpManifest) -> str:
+    """How to make the references again with the original code."""
     recipe, checkpoint = manifest.recipe, manifest.checkpoint
     if manifest.producer == "fixture":
-        return f"parity diff --dump ../shared/fixtures/{recipe.checkpoint.fixture} --port …  # a golden fixture"
-    if recipe.checkpoint.kind == "url" or re.match(r"^https?://", checkpoint.source) or recipe.tiny and \
-            checkpoint.source.startswith("generated"):
+        return f"# the references: golden fixture {recipe.checkpoint.fixture}, made by the upstream code"
+    if re.match(r"^https?://", checkpoint.source) or checkpoint.source.startswith(("generated", "fixture ")):
         return f"parity dump {recipe.id}"
-    return f"parity dump {recipe.id} --checkpoint {Path(checkpoint.source).name} --sha256 {checkpoint.sha256}"
+    local = Path(checkpoint.source.removeprefix("file ")).name
+    return f"parity dump {recipe.id} --checkpoint {local} --sha256 {checkpoint.sha256}"
 
 
 def render_card(report: ParityReport, manifest: DumpManifest, repo_id: str) -> str:
