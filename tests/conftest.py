@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 
-def parity(*args: str, cwd: Path | None = None, check: int | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would; `check` asserts the exit code."""
-    env = dict(os.environ, COLUMNS="200", TERM="dumb", NO_COLOR="1")
+def parity(*args: str, cwd: Path | None = None, check: int | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would (output is not a terminal); `check` asserts the exit code; `env` adds variables."""
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1", **(env or {})}
     result = subprocess.run([sys.executable, "-m", "parity.host.cli", *args], cwd=cwd or ROOT, env=env,
                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if check is not None:
@@ -40,6 +41,13 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines, "no error output"
     return lines[-1]
+
+
+def stderr_without_progress(result: subprocess.CompletedProcess) -> list[str]:
+    """stderr's non-empty lines other than plain progress lines (what a one-line error must be alone in)."""
+    from parity.host.progress import PLAIN_LINE
+
+    return [ln for ln in result.stderr.splitlines() if ln.strip() and not PLAIN_LINE.match(ln)]
 
 
 def read_json(path: Path) -> dict:

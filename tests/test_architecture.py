@@ -55,11 +55,13 @@ def test_contracts_import_nothing_but_pydantic_and_numpy():
 
 def test_host_never_imports_an_environment_side_or_torch():
     modules = ["parity.host.cli", "parity.host.pipeline", "parity.host.origins", "parity.host.render",
-               "parity.host.backends.local", "parity.host.backends.docker"]
+               "parity.host.backends.local", "parity.host.backends.docker", "parity.host.publish",
+               "parity.host.progress"]
     loaded = _loaded(sys.executable, modules, extra="from parity.host.registry import all_recipes; all_recipes()")
     assert _sides(loaded) <= {"contracts", "host", "families"}, _sides(loaded)
     assert not {n for n in loaded if re.match(r"parity\.families\.\w+\.(origin|port)$", n)}
     assert not _top(loaded) & {"torch", "transformers", *ORIGINAL_PACKAGES}
+    assert "huggingface_hub" not in _top(loaded), "the host imports huggingface_hub only when publishing"
 
 
 @pytest.mark.slow

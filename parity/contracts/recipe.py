@@ -119,6 +119,8 @@ class HFSpec(Strict):
     """transformers processor saved beside the model (e.g. SamProcessor)."""
     config_overrides: dict[str, Any] = Field(default_factory=dict)
     """Values forced into the HF config on top of what the converter derives from the original config."""
+    pipeline_tag: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]*$")
+    """The Hub's task tag for the port (e.g. mask-generation, image-segmentation), for the published model card."""
 
 
 def _family_specs() -> tuple[type[FamilySpec], ...]:
@@ -159,6 +161,9 @@ class Recipe(Strict):
     """Offline variant whose checkpoint the original code generates; what tests and the demo run."""
     hub_id: str | None = None
     """Where the published port lives on the Hugging Face hub, for re-verification."""
+    license: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    """License of the original checkpoint as a Hub license id (e.g. apache-2.0, cc-by-nc-4.0); the published card
+    carries it. None when the original project states none for its weights."""
     checkpoint: CheckpointSource
     """Where the original checkpoint comes from."""
     original_config: dict[str, Any]

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parity.contracts.errors import ParityError
+from parity.host.progress import StepProgress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -57,6 +58,9 @@ DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE"
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
 ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
+TransformersOption = Annotated[Optional[str], typer.Option(
+    "--transformers", help="Run the port side with this transformers release (its own environment: "
+                           "images/transformers pins with transformers replaced; default: the pinned release).")]
 
 
 def _threads(recipe, threads: int | None) -> int:
@@ -76,24 +80,61 @@ def _backend(name: BackendName | None, device: Device):
 
 @app.command("list")
 @one_line_errors
-def list_variants(selector: Annotated[Optional[str], typer.Argument(help="Id or prefix.")] = None) -> None:
-    """Variants known to parity, with where their original checkpoint comes from."""
+def list_variants(
+    selector: Annotated[Optional[str], typer.Argument(help="Id or prefix.")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Only the ids, one per line (for scripts).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Every variant as JSON: id, family, origin, checkpoint "
+                                                         "source, description, hub id.")] = False,
+) -> None:
+    """Variants known to parity, with where their original checkpoint comes from. Ids are never shortened: the
+    default fits 80 columns, --ids prints only the ids, --json everything."""
     from parity.host.registry import select
 
-    table = Table("id", "family", "origin", "checkpoint", "description")
-    for recipe in select(selector):
-        source = recipe.checkpoint
-        where = {"url": source.url, "generate": f"generated (seed {source.generate.seed if source.generate else ''})",
-                 "fixture": f"fixture {source.fixture}"}[source.kind]
-        table.add_row(recipe.id, recipe.family, recipe.origin, where, recipe.description)
-    stdout.print(table)
+    if ids and as_json:
+        raise ParityError("--ids and --json are alternatives: choose one")
+    recipes = select(selector)
+    if ids:
+        print("\n".join(recipe.id for recipe in recipes))
+        return
+    if as_json:
+        print(json.dumps([_list_entry(recipe) for recipe in recipes], indent=2))
+        return
+    width = max(len("id"), *(len(recipe.id) for recipe in recipes))
+    origin_width = max(len("origin"), *(len(recipe.origin) for recipe in recipes))
+    print(f"{'id':<{width}}  {'origin':<{origin_width}}  checkpoint")
+    for recipe in recipes:
+        print(f"{recipe.id:<{width}}  {recipe.origin:<{origin_width}}  {_checkpoint_kind(recipe)}")
+    print(f"{len(recipes)} variants; descriptions and checkpoint URLs: parity list --json")
+
+
+def _checkpoint_kind(recipe) -> str:
+    source = recipe.checkpoint
+    return {"url": "download", "generate": f"seed {source.generate.seed if source.generate else ''}",
+            "fixture": "fixture"}[source.kind]
+
+
+def _list_entry(recipe) -> dict:
+    source = recipe.checkpoint
+    return {"id": recipe.id, "family": recipe.family, "origin": recipe.origin, "tiny": recipe.tiny,
+            "description": recipe.description, "hub_id": recipe.hub_id,
+            "checkpoint": source.model_dump(mode="json", exclude_none=True)}
+
+
+def _id_column(table: Table, header: str, ids: list[str]) -> None:
+    """A column of variant ids that a narrow terminal never shortens (the id is what a user copies)."""
+    table.add_column(header, no_wrap=True, min_width=max([len(header), *map(len, ids)]))
+
+
+_COLOURS = {"pass": "green", "fail": "red", "error": "red"}
 
 
 def _summary(rows: list[tuple[str, str, str, str, float]]) -> None:
-    table = Table("variant", "verdict", "first divergence", "worst max-abs", "time")
-    colours = {"pass": "green", "fail": "red", "error": "red"}
+    table = Table()
+    _id_column(table, "variant", [row[0] for row in rows])
+    for header in ("verdict", "first divergence", "worst max-abs", "time"):
+        table.add_column(header)
     for variant, verdict, first, worst, seconds in rows:
-        table.add_row(variant, f"[{colours[verdict]}]{verdict}[/]", escape(first), worst, f"{seconds:.1f}s")
+        table.add_row(variant, f"[{_COLOURS[verdict]}]{verdict}[/]", escape(first), worst, f"{seconds:.1f}s")
     stdout.print(table)
 
 
@@ -132,11 +173,11 @@ def convert(
     rows, reports = [], []
     for recipe in recipes:
         started = time.perf_counter()
-        with console.status(f"{recipe.id}: starting") as status:
+        with StepProgress(console, recipe.id) as status:
             try:
                 report = run_convert(recipe, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
                                      threads=_threads(recipe, threads), all_modules=all_modules,
-                                     on_progress=lambda m: status.update(f"{recipe.id}: {m}"))
+                                     on_progress=status.update)
             except ParityError as exc:
                 if len(recipes) == 1:
                     raise
@@ -145,7 +186,8 @@ def convert(
                 continue
         rows.append(_report_row(report, time.perf_counter() - started))
         reports.append(report)
-        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False)
+        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False,
+                      soft_wrap=True)
     _summary(rows)
     if len(recipes) > 1:
         from parity.host.render import write_summary
@@ -164,10 +206,10 @@ def _convert_origins(recipes, origin: str, backend, out: Path, *, threads, **kwa
     for recipe in recipes:
         names = list(family_of(recipe).origins) if origin == "all" else [origin]
         started = time.perf_counter()
-        with console.status(f"{recipe.id}: starting") as status:
+        with StepProgress(console, recipe.id) as status:
             try:
                 found = convert_origins(recipe, backend, out, names, threads=_threads(recipe, threads),
-                                        on_progress=lambda m, rid=recipe.id: status.update(f"{rid}: {m}"), **kwargs)
+                                        on_progress=status.update, **kwargs)
             except ParityError as exc:
                 if len(recipes) == 1:
                     raise
@@ -218,10 +260,10 @@ def dump(
 
     chosen = _backend(backend, device)
     for recipe in select(selector):
-        with console.status(f"{recipe.id}: starting") as status:
+        with StepProgress(console, recipe.id) as status:
             folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
                                device=device.value, threads=_threads(recipe, threads),
-                               on_progress=lambda m: status.update(m), all_modules=all_modules)
+                               on_progress=status.update, all_modules=all_modules)
         stdout.print(str(folder))
 
 
@@ -233,35 +275,131 @@ def diff(
     mutate: Annotated[Optional[str], typer.Option(help="JSON mutation of the converted weights, to prove the diff "
                                                         "catches it, e.g. '{\"kind\": \"zero\", \"key\": K}'.")] = None,
     backend: BackendOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: out/<variant>; with --port or "
+                                                     "--transformers out/<variant>/recheck/transformers-<version>, "
+                                                     "so a re-check never replaces a conversion).")] = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
+    transformers: TransformersOption = None,
 ) -> None:
     """Diff a dump against the port: converted from the dump's state dict, or an existing port with --port."""
     from parity.contracts.io import load_model
     from parity.contracts.manifests import DumpManifest
     from parity.host.envs import cache_dir
-    from parity.host.pipeline import import_fixture, run_diff
+    from parity.host.pipeline import import_fixture, port_env, recheck_folder, run_diff
 
     dump_dir = dump_dir.expanduser().resolve()
     if not dump_dir.is_dir():
         raise ParityError(f"dump folder not found: {dump_dir}")
+    port = _resolve_port(port) if port is not None else None
+    port_env(transformers)
     chosen = _backend(backend, device)
     started = time.perf_counter()
-    with console.status("starting") as status:
+    with StepProgress(console) as status:
         if not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file():
-            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), lambda m: status.update(m))
+            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), status.update)
         manifest = load_model(DumpManifest, dump_dir / "manifest.json")
-        target = out or Path("out") / manifest.recipe.id
+        default = Path("out") / manifest.recipe.id
+        target = out or (recheck_folder(default, transformers) if port or transformers else default)
         mutation = _parse_mutation(mutate) if mutate else None
         report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
-                          all_modules=all_modules,
-                          threads=_threads(manifest.recipe, threads), on_progress=lambda m: status.update(m))
-    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False)
+                          all_modules=all_modules, transformers=transformers,
+                          threads=_threads(manifest.recipe, threads), on_progress=status.update)
+    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False,
+                  soft_wrap=True)
     _summary([_report_row(report, time.perf_counter() - started)])
     _print_errors([report])
     _exit_for([report.verdict])
+
+
+def _resolve_port(port: str) -> str:
+    """A local save_pretrained folder becomes an absolute path (a relative one would be taken for a hub id); a hub
+    id stays as it is; anything else is a one-line error."""
+    import re
+
+    folder = Path(port).expanduser()
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise ParityError(f"--port {port}: not a save_pretrained folder (no config.json)")
+        return str(folder.resolve())
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", port):
+        raise ParityError(f"--port {port}: no such folder, and not a hub id (ORG/NAME)")
+    return port
+
+
+@app.command()
+@one_line_errors
+def recheck(
+    selector: Annotated[str, typer.Argument(help="Variant id, or a prefix selecting several.")],
+    transformers: Annotated[str, typer.Option("--transformers", help="Comma-separated transformers releases, e.g. "
+                                                                     "5.23.0,5.24.0.")],
+    port: Annotated[Optional[str], typer.Option(help="A port to load instead of OUT/<id>/hf (save_pretrained "
+                                                     "folder or hub id; one variant only).")] = None,
+    backend: BackendOption = None,
+    out: OutOption = Path("out"),
+    device: DeviceOption = Device.cpu,
+    threads: ThreadsOption = None,
+) -> None:
+    """Re-check saved ports against other transformers releases: load each port (no conversion) in one port
+    environment per release, diff it against OUT/<id>/dump, and print one table of verdicts and worst errors."""
+    from parity.host.pipeline import port_env, recheck as run_recheck
+    from parity.host.registry import select
+
+    versions = [v.strip() for v in transformers.split(",") if v.strip()]
+    if not versions:
+        raise ParityError("--transformers needs at least one release, e.g. 5.23.0,5.24.0")
+    if len(set(versions)) != len(versions):
+        raise ParityError(f"--transformers names a release twice: {transformers}")
+    for version in versions:
+        port_env(version)
+    recipes = select(selector)
+    if port is not None and len(recipes) > 1:
+        raise ParityError(f"--port names one port but {selector!r} selects {len(recipes)} variants")
+    port = _resolve_port(port) if port is not None else None
+    chosen = _backend(backend, device)
+    table = Table()
+    _id_column(table, "variant", [recipe.id for recipe in recipes])
+    table.add_column("transformers", no_wrap=True)
+    for header in ("verdict", "first divergence", "worst max-abs", "vs first release"):
+        table.add_column(header)
+    verdicts = []
+    for recipe in recipes:
+        with StepProgress(console, recipe.id) as status:
+            try:
+                reports = run_recheck(recipe, chosen, out, versions, port=port, device=device.value,
+                                      threads=_threads(recipe, threads), on_progress=status.update)
+            except ParityError as exc:
+                if len(recipes) == 1:
+                    raise
+                console.print(f"[red]{recipe.id}: error:[/] {escape(str(exc))}", highlight=False)
+                table.add_row(recipe.id, "–", "[red]error[/]", escape(str(exc)[:80]), "–", "–")
+                verdicts.append("error")
+                continue
+        baseline = reports[0]
+        for version, report in zip(versions, reports):
+            ran = (report.port_environment.packages.get("transformers") if report.port_environment else None) or "?"
+            if ran != version:
+                raise ParityError(f"{recipe.id}: asked for transformers {version} but the port ran with {ran}")
+            row = _report_row(report, 0.0)
+            table.add_row(recipe.id, version, f"[{_COLOURS[report.verdict]}]{report.verdict}[/]", escape(row[2]),
+                          row[3], "–" if report is baseline else _compare_captures(baseline, report))
+            verdicts.append(report.verdict)
+    stdout.print(table)
+    _exit_for(verdicts)
+
+
+
+def _compare_captures(baseline, report) -> str:
+    """Whether a release computes the very numbers the first one did (per-capture max-abs error, same dump)."""
+    if report.verdict == "error" or baseline.verdict == "error":
+        return "–"
+    before = {c.name: c.max_abs for c in baseline.captures}
+    changed = [c for c in report.captures if before.get(c.name) != c.max_abs]
+    if not changed:
+        return "identical"
+    worst = max(changed, key=lambda c: abs((c.max_abs or 0.0) - (before.get(c.name) or 0.0)))
+    return f"{len(changed)} captures differ (most: {worst.name})"
 
 
 def _parse_mutation(text: str):
@@ -295,9 +433,9 @@ def generate(
     recipe = recipes[0]
     seeded = recipe.model_copy(update={"checkpoint": CheckpointSource(
         kind="generate", generate=GenerateSpec(seed=seed), container=recipe.checkpoint.container)})
-    with console.status(f"{recipe.id}: generating with the original code") as status:
+    with StepProgress(console, recipe.id, announce="generating a checkpoint with the original code") as status:
         generate_checkpoint(seeded, _backend(backend, Device.cpu), out.expanduser().resolve(),
-                            on_progress=lambda m: status.update(m))
+                            on_progress=status.update)
     stdout.print(str(out))
 
 
@@ -327,11 +465,11 @@ def selftest(
         suite = importlib.import_module(f"parity.families.{name}.selftest")
         recipe = all_recipes()[suite.VARIANT]
         folder = out / "selftest" / recipe.id
-        with console.status(f"{recipe.id}: dumping the original") as status:
+        with StepProgress(console, recipe.id, announce="dumping the original") as status:
             dump_dir = make_dump(recipe, chosen, folder, checkpoint=None, sha256=None, device="cpu", threads=1,
-                                 on_progress=lambda m: status.update(m))
+                                 on_progress=status.update)
             results = run_mutations(dump_dir, chosen, folder, [m for m, _ in suite.MUTATIONS], device="cpu",
-                                    threads=1, on_progress=lambda m: status.update(m))
+                                    threads=1, on_progress=status.update)
         for (mutation, expected), result in zip(suite.MUTATIONS, results):
             said = result.first_divergence if result.verdict == "fail" else result.verdict
             ok = said == expected
@@ -356,6 +494,45 @@ def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding r
         rows.append(_report_row(result, result.durations.get("total", 0.0)))
     _summary(rows)
     _exit_for([row[1] for row in rows])
+
+
+@app.command()
+@one_line_errors
+def publish(
+    variant: Annotated[str, typer.Argument(help="Variant id (its OUT/<id>/ from `parity convert`), or that folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to commit to (created when missing).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Stage the folder and the list of commit operations "
+                                                            "under OUT/<id>/publish/ and stop: no network.")] = False,
+    open_pr: Annotated[bool, typer.Option("--open-pr", help="Open a pull request on an existing repository.")] = False,
+    allow_fail: Annotated[bool, typer.Option("--allow-fail", help="Publish a port whose latest report failed, with "
+                                                                  "the failure in the card.")] = False,
+    out: OutOption = Path("out"),
+) -> None:
+    """Upload the saved port, its processor, a model card generated from the report, and the proof (reports,
+    conversion record, dump manifest), in one commit; refused unless the variant's latest report passed."""
+    from parity.host.publish import check_repo_id, stage, upload
+
+    check_repo_id(repo_id)
+    folder = Path(variant).expanduser()
+    if not (folder / "report.json").is_file():
+        from parity.host.registry import select
+
+        recipes = select(variant)
+        if len(recipes) != 1 or recipes[0].id != variant.lower():
+            raise ParityError(f"{variant!r} is not one variant id (or a folder holding report.json)")
+        folder = out / recipes[0].id
+    plan = stage(folder, repo_id, allow_fail=allow_fail, private=private, revision=revision, create_pr=open_pr)
+    size = sum(op.bytes for op in plan.operations)
+    console.print(f"{plan.recipe_id}: {plan.verdict.upper()}; staged {len(plan.operations)} files ({size / 1e6:.1f} MB)"
+                  f" → {plan.folder}", highlight=False, soft_wrap=True)
+    if dry_run:
+        stdout.print(str(plan.folder.parent / "operations.json"), highlight=False, soft_wrap=True)
+        return
+    with StepProgress(console, plan.recipe_id, announce=f"uploading to {repo_id} in one commit"):
+        url = upload(plan)
+    stdout.print(url, highlight=False, soft_wrap=True)
 
 
 class GroupBy(str, Enum):

@@ -18,12 +18,13 @@ from parity.contracts.report import MutationResult, ParityReport
 from parity.contracts.steps import DumpRequest, GenerateRequest, ImportFixtureRequest, PortRequest
 from parity.host.backends import Backend, Progress
 from parity.host.checkpoints import ResolvedCheckpoint, resolve
-from parity.host.envs import cache_dir
+from parity.host.envs import cache_dir, pinned_version, split_name
 from parity.host.registry import family_of, recipe_for_fixture
 from parity.host.render import write_reports
 
 PORT_ENV = "transformers"
-STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf")
+STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf", "publish", "recheck")
+"""What a run replaces: a staged publish folder or a re-check of the previous model must not outlive it."""
 
 
 def _reads_fixtures(recipe: Recipe) -> bool:
@@ -46,9 +47,9 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
     resolved = resolved or resolve(recipe, checkpoint, sha256)
     logs = out / "logs"
     if resolved.needs_generation:
-        on_progress(f"{recipe.id}: generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
+        on_progress(f"generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
         generate_checkpoint(recipe, backend, resolved.path, on_progress, log=logs / "generate.log")
-    on_progress(f"{recipe.id}: original forward in the {recipe.origin} origin")
+    on_progress(f"original forward in the {recipe.origin} origin")
     request = DumpRequest(recipe=recipe, checkpoint=resolved.path, checkpoint_source=resolved.source,
                           out=out / "dump", device=device, threads=threads, all_modules=all_modules,
                           fixtures=fixtures_dir() if _reads_fixtures(recipe) else None)
@@ -79,15 +80,29 @@ def clear_stale(out: Path, *extra: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def port_env(transformers: str | None = None) -> str:
+    """The port environment: the pinned one, or `transformers@VERSION` (the same pins with another transformers
+    release, built and cached by its own pin hash) to re-check a port against that release."""
+    if transformers is None or transformers == pinned_version(PORT_ENV):
+        return PORT_ENV
+    env = f"{PORT_ENV}@{transformers}"
+    split_name(env)
+    return env
+
+
 def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
              on_progress: Progress, mutation: Mutation | None = None, save: bool = True,
-             all_modules: bool = False) -> ParityReport:
-    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports."""
+             all_modules: bool = False, transformers: str | None = None) -> ParityReport:
+    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports. `transformers`
+    picks another transformers release for the port environment (default: the pinned one)."""
+    env = port_env(transformers)
+    backend.prepare(env, on_progress)
     out.mkdir(parents=True, exist_ok=True)
     clear_stale(out)
     request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
                           all_modules=all_modules, mutate=mutation)
-    response = backend.run(PORT_ENV, request, log=out / "logs" / "port.log", on_progress=on_progress)
+    on_progress(f"port side in the {env} environment")
+    response = backend.run(env, request, log=out / "logs" / "port.log", on_progress=on_progress)
     report = load_model(ParityReport, response.report)
     write_reports(report, out)
     return report
@@ -103,6 +118,36 @@ def convert(recipe: Recipe, backend: Backend, out_root: Path, *, checkpoint: Pat
                          threads=threads, on_progress=on_progress, all_modules=all_modules)
     return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress,
                     all_modules=all_modules)
+
+
+def recheck_folder(out: Path, transformers: str | None) -> Path:
+    """Where a re-check of a saved port writes its report: beside the conversion, never over it."""
+    return out / "recheck" / f"transformers-{transformers or pinned_version(PORT_ENV)}"
+
+
+def recheck(recipe: Recipe, backend: Backend, out_root: Path, versions: list[str], *, port: str | None,
+            device: str, threads: int, on_progress: Progress) -> list[ParityReport]:
+    """Load the saved (or given) port, without converting, in one port environment per transformers release, and diff
+    it against the variant's dump each time: OUT/<id>/recheck/transformers-<version>/."""
+    out = out_root / recipe.id
+    dump_dir = out / "dump"
+    if not (dump_dir / "manifest.json").is_file():
+        raise ParityError(f"{recipe.id}: no dump at {dump_dir}: run `parity convert {recipe.id}` (or `parity dump`) "
+                          "first")
+    if port is None:
+        saved = out / "hf"
+        if not (saved / "config.json").is_file():
+            raise ParityError(f"{recipe.id}: no saved port at {saved}: run `parity convert {recipe.id}` first, "
+                              "or pass --port")
+        port = str(saved.resolve())
+    for version in versions:
+        port_env(version)
+    reports = []
+    for version in versions:
+        on_progress(f"transformers {version}")
+        reports.append(run_diff(dump_dir.resolve(), backend, recheck_folder(out, version), port=port, device=device,
+                                threads=threads, on_progress=on_progress, transformers=version))
+    return reports
 
 
 def run_mutations(dump_dir: Path, backend: Backend, out: Path, mutations: list[Mutation], *, device: str,
@@ -139,7 +184,7 @@ def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: l
         backend.prepare(origin, on_progress)
     resolved = resolve(recipe, checkpoint, sha256)
     if resolved.needs_generation:
-        on_progress(f"{recipe.id}: generating the tiny original checkpoint in {recipe.origin}")
+        on_progress(f"generating the tiny original checkpoint in {recipe.origin}")
         generate_checkpoint(recipe, backend, resolved.path, on_progress, log=root / "logs" / "generate.log")
         resolved = ResolvedCheckpoint(resolved.path, resolved.source)
     reports, dumps = [], {}

@@ -22,6 +22,11 @@ from parity.contracts.recipe import (
 )
 from parity.families.clipseg.spec import ClipSegSpec
 
+LICENSE = None
+"""timojl/clipseg's MIT license states that it does not apply to the model weights."""
+PIPELINE_TAG = "image-segmentation"
+"""The Hub task of the port, for the published model card."""
+
 DECODERS = "https://owncloud.gwdg.de/index.php/s/ioHbRzFx6th32hn/download?path=%2F&files="
 CLIP_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 CLIP_B16_URL = f"https://openaipublic.azureedge.net/clip/models/{CLIP_B16_SHA256}/ViT-B-16.pt"
@@ -93,6 +98,7 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, redu
     return Recipe(
         id=variant_id,
         family="clipseg",
+        license=LICENSE,
         origin="clipseg",
         description=description,
         hub_id=hub_id,
@@ -101,7 +107,7 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, redu
         original_config=original_config(
             clip_config(), decoder_config(reduce_dim=reduce_dim, complex_trans_conv=refined, extract_layers=[3, 6, 9]),
             size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        hf=HFSpec(model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
         inputs=InputSpec(images=_images(352, 41, 3)),
         spec=ClipSegSpec(texts=PROMPTS),
     )
@@ -119,6 +125,7 @@ PUBLISHED: tuple[Recipe, ...] = (
 TINY = Recipe(
     id="clipseg-tiny-random",
     family="clipseg",
+    license=LICENSE,
     origin="clipseg",
     description="tiny CLIPSeg (3-layer ViT-B/16 tower, 2-layer text width 128, rd16 refined head) in the combined layout",
     tiny=True,
@@ -127,7 +134,7 @@ TINY = Recipe(
         clip_config(vision_layers=3, transformer_width=128, transformer_layers=2, source={"kind": "combined"}),
         decoder_config(reduce_dim=16, complex_trans_conv=True, extract_layers=[1, 2]),
         size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    hf=HFSpec(model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
+    hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
     inputs=InputSpec(images=_images(352, 53, 3)),
     spec=ClipSegSpec(texts=["a jar", "wood", "a photo of a cat"]),
 )
@@ -143,13 +150,14 @@ def _fixture(name: str, recipe_id: str, filename: str, sha256: str, decoder: dic
     return Recipe(
         id=recipe_id,
         family="clipseg",
+        license=LICENSE,
         origin="clipseg",
         description=f"golden fixture {name} (made by upstream {'timojl/clipseg' if decoder else 'openai/CLIP'})",
         tiny=True,
         checkpoint=CheckpointSource(kind="fixture", fixture=name, filename=filename, container=CONTAINER,
                                     sha256=sha256),
         original_config=original_config(clip_config(**TINY_TOWER), decoder, size=size, mean=mean, std=std),
-        hf=HFSpec(model_class=model_class, processor_class="CLIPSegProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class=model_class, processor_class="CLIPSegProcessor"),
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", name=n, fixture=name, filename=f"{n}.png")
                                  for n in names]),
         spec=ClipSegSpec(texts=texts),

@@ -23,10 +23,15 @@ from parity.contracts.recipe import (
     TolerancePolicy,
 )
 
+LICENSE = "cc-by-nc-4.0"
+"""facebookresearch/Mask2Former's LICENSE is CC BY-NC 4.0."""
+PIPELINE_TAG = "image-segmentation"
+"""The Hub task of the port, for the published model card."""
+
 ZOO = "https://dl.fbaipublicfiles.com/maskformer/mask2former"
 REPO_CONFIGS = "configs"
 TOFU = "trust-on-first-use"
-HF = HFSpec(model_class="Mask2FormerForUniversalSegmentation", processor_class="Mask2FormerImageProcessor")
+HF = HFSpec(pipeline_tag=PIPELINE_TAG, model_class="Mask2FormerForUniversalSegmentation", processor_class="Mask2FormerImageProcessor")
 
 SWIN = {
     # size: (EMBED_DIM, DEPTHS, NUM_HEADS, WINDOW_SIZE, PRETRAIN_IMG_SIZE)
@@ -141,6 +146,7 @@ def _zoo(size: str, dataset: str, task: str, run: str, md5: str, *, queries: int
     return Recipe(
         id=f"mask2former-swin-{size}-{dataset}-{task}",
         family="mask2former",
+        license=LICENSE,
         origin="detectron2",
         description=f"Mask2Former Swin-{hub_size} {dataset} {task} ({run}, {queries} queries)",
         hub_id=f"facebook/mask2former-swin-{hub_size}-{dataset}-{task}",
@@ -227,6 +233,7 @@ def _fixture(name: str, recipe_id: str, sha256: str, config: dict[str, Any], lik
     return Recipe(
         id=recipe_id,
         family="mask2former",
+        license=LICENSE,
         origin="detectron2",
         description=f"golden fixture {name} (detectron2 + Mask2Former 9b0651c, imitates {like})",
         tiny=True,
@@ -277,7 +284,7 @@ def _tiny_random(recipe_id: str, description: str, seed: int, dataset: str, task
                       detections=10, config_file=files[(dataset, task)], thing_ids=thing_ids)
     cfg["MODEL"]["SWIN"].update({"WINDOW_SIZE": window, "DEPTHS": depths})
     return Recipe(
-        id=recipe_id, family="mask2former", origin="detectron2", description=description, tiny=True,
+        id=recipe_id, family="mask2former", license=LICENSE, origin="detectron2", description=description, tiny=True,
         checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=seed), container="detectron2-pkl"),
         original_config=cfg, hf=HF,
         inputs=InputSpec(images=[ImageSpec(kind="synthetic", seed=seed, height=height, width=width)]),

@@ -16,6 +16,11 @@ from parity.contracts.recipe import (
 )
 from parity.families.sam.spec import PromptCase, SamSpec
 
+LICENSE = "apache-2.0"
+"""segment-anything and SlimSAM release code and weights under Apache-2.0."""
+PIPELINE_TAG = "mask-generation"
+"""The Hub task of the port, for the published model card."""
+
 SEGMENT_ANYTHING = "https://dl.fbaipublicfiles.com/segment_anything"
 SLIMSAM_DRIVE = "https://drive.google.com/uc?export=download&id="
 FIXTURE = "sam-vit-tiny"
@@ -132,12 +137,13 @@ def _real(
     return Recipe(
         id=variant_id,
         family="sam",
+        license=LICENSE,
         origin="sam",
         description=description,
         hub_id=hub_id,
         checkpoint=CheckpointSource(kind="url", url=url, trust=trust, container="torch-state-dict", filename=filename),
         original_config=original_config(**config),
-        hf=HFSpec(model_class="SamModel", processor_class="SamProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="SamModel", processor_class="SamProcessor"),
         **synthetic_inputs(600, 800),
         tolerance=FULL_SIZE_DRIFT,
     )
@@ -147,12 +153,13 @@ def _tiny(variant_id: str, description: str, seed: int, **config: Any) -> Recipe
     return Recipe(
         id=variant_id,
         family="sam",
+        license=LICENSE,
         origin="sam",
         description=description,
         tiny=True,
         checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=seed), container="torch-state-dict"),
         original_config=original_config(**config),
-        hf=HFSpec(model_class="SamModel", processor_class="SamProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="SamModel", processor_class="SamProcessor"),
         **synthetic_inputs(75, 100),
     )
 
@@ -202,6 +209,7 @@ def _fixture_recipe() -> Recipe:
     return Recipe(
         id="sam-fixture-vit-tiny",
         family="sam",
+        license=LICENSE,
         origin="sam",
         description="golden fixture sam-vit-tiny (made by upstream segment-anything 1.0)",
         tiny=True,
@@ -210,7 +218,7 @@ def _fixture_recipe() -> Recipe:
             sha256="bd45a758ad00cb9073dd30440a9134b64e4248b0e81dd467ba776f35d3577060",
         ),
         original_config=config,
-        hf=HFSpec(model_class="SamModel", processor_class="SamProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="SamModel", processor_class="SamProcessor"),
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", fixture=FIXTURE, filename="image.png")]),
         spec=SamSpec(prompts=prompts),
         tolerance=TolerancePolicy(),

@@ -24,6 +24,11 @@ from parity.contracts.recipe import (
     TolerancePolicy,
 )
 
+LICENSE = "apache-2.0"
+"""mmsegmentation releases its model zoo under Apache-2.0."""
+PIPELINE_TAG = "image-segmentation"
+"""The Hub task of the port, for the published model card."""
+
 FIXTURE = "upernet-convnext-tiny-mmseg0"
 MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/convnext"
 ID2LABEL_FILE = Path(__file__).with_name("ade20k_id2label.json")
@@ -141,7 +146,7 @@ FULL_SIZE_DRIFT = TolerancePolicy(overrides={
 })
 """Full-size variants only; tiny variants and the fixture are held to the plain fp32-cpu profile."""
 
-HF = HFSpec(model_class="UperNetForSemanticSegmentation", processor_class="SegformerImageProcessor")
+HF = HFSpec(pipeline_tag=PIPELINE_TAG, model_class="UperNetForSemanticSegmentation", processor_class="SegformerImageProcessor")
 CONTAINER = "mmcv-checkpoint"
 """torch.save of {"meta": {...}, "state_dict": OrderedDict} as mmcv.runner.save_checkpoint writes it."""
 
@@ -151,6 +156,7 @@ def _real(size: str) -> Recipe:
     return Recipe(
         id=f"upernet-convnext-{size}",
         family="upernet",
+        license=LICENSE,
         origin="mmseg0",
         description=f"UperNet + ConvNeXt-{size.capitalize()}, ADE20K {crop}x{crop} (mmseg 0.x release)",
         hub_id=f"openmmlab/upernet-convnext-{size}",
@@ -173,6 +179,7 @@ def _tiny() -> Recipe:
     return Recipe(
         id="upernet-convnext-tiny-random",
         family="upernet",
+        license=LICENSE,
         origin="mmseg0",
         description="tiny UperNet-ConvNeXt (depths 1-1-2-1, 16..128 channels, 6 classes; 90x90 input, stage sizes "
                     "22-11-5-2 so no level divides evenly)",
@@ -189,6 +196,7 @@ def _fixture_recipe() -> Recipe:
     return Recipe(
         id="upernet-fixture-convnext-tiny",
         family="upernet",
+        license=LICENSE,
         origin="mmseg0",
         description="golden fixture upernet-convnext-tiny-mmseg0 (references from mmseg 0.30.0 and 1.2.2)",
         tiny=True,

@@ -14,6 +14,11 @@ from parity.contracts.recipe import (
     TolerancePolicy,
 )
 
+LICENSE = "cc-by-nc-4.0"
+"""facebookresearch/msn is released under CC BY-NC 4.0."""
+PIPELINE_TAG = "image-feature-extraction"
+"""The Hub task of the port, for the published model card."""
+
 MSN_RELEASES = "https://dl.fbaipublicfiles.com/msn"
 FIXTURE = "msn-vit-tiny-p16"
 CONTAINER = "msn-training-checkpoint"
@@ -79,13 +84,14 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, inte
     return Recipe(
         id=variant_id,
         family="vit_msn",
+        license=LICENSE,
         origin="msn",
         description=description,
         hub_id=hub_id,
         checkpoint=CheckpointSource(kind="url", url=f"{MSN_RELEASES}/{filename}", trust="trust-on-first-use",
                                     container=CONTAINER, filename=filename),
         original_config=original_config(**config),
-        hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
         inputs=_inputs(224, interp_size, seed=21),
     )
 
@@ -108,13 +114,14 @@ PUBLISHED: tuple[Recipe, ...] = (
 TINY = Recipe(
     id="vit-msn-tiny-random",
     family="vit_msn",
+    license=LICENSE,
     origin="msn",
     description="tiny MSN ViT (deit_small geometry at width 48, 3 blocks, 64 px, patch 16) in MSN's container",
     tiny=True,
     checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=31), container=CONTAINER),
     original_config=original_config(factory="deit_small", embed_dim=48, depth=3, num_heads=3, patch_size=16,
                                     img_size=64, hidden_dim=64, output_dim=32, num_proto=16),
-    hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
+    hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
     inputs=_inputs(64, 96, seed=33),
 )
 
@@ -126,6 +133,7 @@ def _fixture_recipe() -> Recipe:
     return Recipe(
         id="vit-msn-fixture-tiny-p16",
         family="vit_msn",
+        license=LICENSE,
         origin="msn",
         description="golden fixture msn-vit-tiny-p16 (made by upstream facebookresearch/msn src/deit.py)",
         tiny=True,
@@ -134,7 +142,7 @@ def _fixture_recipe() -> Recipe:
             sha256="c87add54039e7f2a40e28daf4c432c1cdf48a2a46e5d2f6de24ec3ae9f1cfe97",
         ),
         original_config=config,
-        hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
+        hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
         inputs=InputSpec(images=[
             ImageSpec(kind="fixture-file", name="image", fixture=FIXTURE, filename="image.png"),
             ImageSpec(kind="fixture-file", name="image96", fixture=FIXTURE, filename="image96.png"),

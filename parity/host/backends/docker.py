@@ -16,7 +16,7 @@ from typing import Any
 from parity.contracts.errors import ParityError
 from parity.contracts.steps import StepRequest
 from parity.host.backends import Progress, StepOutput, step_command
-from parity.host.envs import IMAGES, LAYER, PROJECT_ROOT, pin_hash
+from parity.host.envs import IMAGES, LAYER, PROJECT_ROOT, pin_hash, split_name
 
 STEP_TIMEOUT_S = int(os.environ.get("PARITY_DOCKER_TIMEOUT", "7200"))
 CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp",
@@ -108,6 +108,9 @@ class DockerBackend:
     def ensure_image(self, env: str, on_progress: Progress) -> str:
         import docker.errors
 
+        if split_name(env)[1] is not None:
+            raise ParityError(f"environment {env} runs with the local backend only: the {split_name(env)[0]} image "
+                              f"pins one release (images/{split_name(env)[0]}/requirements.txt)")
         tag = image_tag(env)
         try:
             self.client.images.get(tag)
