@@ -1,7 +1,8 @@
 """Docker backend: each step runs in its environment's image (images/<env>/Dockerfile) through the Docker API.
 
-Images are tagged parity/<env>:<pin hash>, so a pin change can never reuse a stale image; a missing one is built from
-the repository (base first). Host paths are mounted at the same paths inside the container, so the runtime's
+Images are tagged parity/<env>:<hash of every build input> (orchestrator/images.py, the one scheme every entry point
+uses), so no input change can reuse a stale image; a missing one is built from the repository (base first). Images
+hold environments only: parity's code is mounted read-only (images.code_mounts). Host paths are mounted at the same paths inside the container, so the runtime's
 arguments need no rewriting. Every step runs as the calling (non-root) user with a timeout; dumps run with
 networking disabled and their inputs read-only; containers are removed on success, failure and Ctrl-C alike.
 """
@@ -12,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator import images
 from orchestrator.backends import Progress
-from orchestrator.envs import IMAGES, LAYER, pin_hash
+from orchestrator.envs import LAYER
 from orchestrator.errors import ParityError
-from orchestrator.registry import PROJECT_ROOT
 
 STEP_TIMEOUT_S = int(os.environ.get("PARITY_DOCKER_TIMEOUT", "7200"))
 CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp",
@@ -23,25 +24,18 @@ CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "H
 
 
 def image_tag(env: str) -> str:
-    return f"parity/{env}:{pin_hash(env)}"
+    try:
+        return images.image_tag(env)
+    except images.ImageError as exc:
+        raise ParityError(str(exc)) from None
 
 
 def build_spec(env: str) -> dict[str, Any]:
-    """Keyword arguments for docker's images.build: context is the repository, the Dockerfile is images/<env>/."""
-    dockerfile = IMAGES / env / "Dockerfile"
-    if not dockerfile.is_file():
-        raise ParityError(f"no Dockerfile for environment {env!r} (images/{env}/Dockerfile)")
-    spec: dict[str, Any] = {
-        "path": str(PROJECT_ROOT),
-        "dockerfile": str(dockerfile.relative_to(PROJECT_ROOT)),
-        "tag": image_tag(env),
-        "labels": {"parity.env": env, "parity.pins": pin_hash(env)},
-        "rm": True,
-        "decode": True,
-    }
-    if env != LAYER:
-        spec["buildargs"] = {"BASE_IMAGE": image_tag(LAYER)}
-    return spec
+    """Keyword arguments for docker's api.build (orchestrator.images.build_spec)."""
+    try:
+        return images.build_spec(env)
+    except images.ImageError as exc:
+        raise ParityError(str(exc)) from None
 
 
 def container_user() -> str:
@@ -63,7 +57,10 @@ def container_config(env: str, args: list[str], *, readonly: list[Path], writabl
         resolved = str(Path(path).resolve())
         if not any(resolved == w or resolved.startswith(w + os.sep) for w in volumes):
             volumes[resolved] = {"bind": resolved, "mode": "ro"}
-    env_vars = dict(CONTAINER_ENV, HF_HUB_OFFLINE="0" if network else "1")
+    volumes.update(images.code_mounts())
+    ca = images.runtime_ca()
+    volumes.update(ca["volumes"])
+    env_vars = dict(CONTAINER_ENV, HF_HUB_OFFLINE="0" if network else "1", **ca["environment"])
     config: dict[str, Any] = {
         "image": image_tag(env),
         "command": ["python", "-m", "converters.runtime", *args],
@@ -116,6 +113,7 @@ class DockerBackend:
             self.ensure_image(LAYER, on_progress)
         on_progress(f"building image {tag}")
         try:
+            images.sync_ca_bundle()
             for chunk in self.client.api.build(**build_spec(env)):
                 if "stream" in chunk and chunk["stream"].strip():
                     on_progress(f"{tag}: {chunk['stream'].strip()[:100]}")
