@@ -4,6 +4,7 @@ docker backend up to the exact Docker API calls it would make."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -427,3 +428,50 @@ def test_build_spec_and_docker_build_command_agree():
     assert json.loads(spec["labels"]["parity.inputs"]) == img.image_inputs("sam", environ=BASE_ENV)
     argv = img.docker_build_argv("sam", environ=BASE_ENV)
     assert argv[:6] == ["docker", "build", "-f", "images/sam/Dockerfile", "-t", spec["tag"]] and argv[-1] == str(ROOT)
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
+def test_upstream_fetch_from_a_local_checkout_is_verified_and_recorded(tmp_path):
+    """images/upstream/upstream.py as the image builds run it, with a local checkout in its slot (no network)."""
+    import hashlib
+    import shutil
+
+    slot = tmp_path / "upstream" / "repo"
+    slot.mkdir(parents=True)
+    _git("init", "-q", ".", cwd=slot)
+    (slot / "a.txt").write_text("one\n")
+    _git("add", "a.txt", cwd=slot)
+    _git("commit", "-q", "-m", "one", cwd=slot)
+    pinned = subprocess.run(["git", "rev-parse", "HEAD"], cwd=slot, capture_output=True, text=True).stdout.strip()
+    shutil.copy(ROOT / "images" / "upstream" / "upstream.py", slot / "upstream.py")  # as the Dockerfile's COPY does
+    (slot / "a.txt").write_text("edited, not committed\n")
+    env = dict(os.environ, PARITY_UPSTREAM_RECORD=str(tmp_path / "record.json"))
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(slot / "upstream.py"), *args], capture_output=True, text=True,
+                              env=env)
+
+    ok = run("fetch", "repo", "https://example.invalid/repo.git", pinned, str(tmp_path / "out"))
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "a.txt").read_text() == "one\n", "the work tree's edits reached the image"
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-one\n+two\n")
+    digest = hashlib.sha256(patch.read_bytes()).hexdigest()
+    wrong = run("patch", "repo", str(tmp_path / "out"), str(patch), "0" * 64)
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1 and "sha256" in wrong.stderr
+    assert run("patch", "repo", str(tmp_path / "out"), str(patch), digest).returncode == 0
+    assert (tmp_path / "out" / "a.txt").read_text() == "two\n"
+    assert run("note", "ops.x", "cpu").returncode == 0
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["repositories"]["repo"]["commit"] == pinned
+    assert record["repositories"]["repo"]["fetched_from"] == "local checkout images/upstream/repo"
+    assert record["patches"] == [{"repository": "repo", "name": "fix.patch", "sha256": digest}]
+    assert record["notes"] == {"ops.x": "cpu"}
+    other = run("fetch", "repo", "https://example.invalid/repo.git", "f" * 40, str(tmp_path / "out2"))
+    assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
+    assert f"is at {pinned}, the image pins {'f' * 40}" in other.stderr
