@@ -29,17 +29,22 @@ if [ "$CUDA_OPS" = 1 ]; then
 elif [ "$CUDA_OPS" = 0 ]; then
   export FORCE_CUDA=0
   pip install --no-cache-dir --no-build-isolation --use-pep517 --no-deps /opt/detectron2
-  # upstream's setup.py refuses to build without CUDA: the same sources, compiled as a CPU extension
+  # upstream's setup.py refuses to build without CUDA: the same sources, compiled as a CPU extension. Its CPU file
+  # includes ATen/cuda/CUDAContext.h and uses nothing from it; that header needs the CUDA toolkit's headers, so the
+  # CPU build puts an empty one first on the include path (no upstream file is changed).
   python - "$OPS/src" <<'PY'
 import glob, os, shutil, sys, sysconfig, tempfile
 from torch.utils.cpp_extension import load
 src = sys.argv[1]
-build = tempfile.mkdtemp()
+build, shim = tempfile.mkdtemp(), tempfile.mkdtemp()
+os.makedirs(os.path.join(shim, "ATen", "cuda"))
+open(os.path.join(shim, "ATen", "cuda", "CUDAContext.h"), "w").close()
 load("MultiScaleDeformableAttention", [os.path.join(src, "vision.cpp")] + glob.glob(os.path.join(src, "cpu", "*.cpp")),
-     extra_include_paths=[src], build_directory=build, is_python_module=True, verbose=False)
+     extra_include_paths=[shim, src], build_directory=build, is_python_module=True, verbose=False)
 (built,) = glob.glob(os.path.join(build, "MultiScaleDeformableAttention*.so"))
 shutil.copy(built, os.path.join(sysconfig.get_paths()["platlib"], os.path.basename(built)))
 shutil.rmtree(build)
+shutil.rmtree(shim)
 PY
   record ops.detectron2 "cpu"
   record ops.MultiScaleDeformableAttention "cpu-only (kernels raise; upstream falls back to ms_deform_attn_core_pytorch)"
