@@ -4,6 +4,7 @@ docker backend up to the exact Docker API calls it would make."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -89,23 +90,20 @@ def test_compose_files_validate_against_the_compose_spec(compose_schema, name):
     assert errors == []
 
 
-def test_compose_services_volumes_and_profiles_exist():
+def test_compose_runs_the_host_side_and_builds_no_step_image():
+    """Step images are tagged by parity.host.images only; compose builds just the code-free host-side image."""
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    convert = services["convert"]
-    assert convert["entrypoint"][:2] == ["parity", "convert"]
-    for volume in convert["volumes"]:
-        source = volume.split(":")[0]
-        if not source.startswith(("/", "$")):
-            assert source in compose["volumes"], f"volume {source} is not declared"
+    assert set(services) == {"convert", "images"}
+    assert services["convert"]["entrypoint"][:4] == ["python", "-m", "parity.host.cli", "convert"]
+    assert services["images"]["entrypoint"] == ["python", "-m", "parity.host.images", "build"]
     for name, service in services.items():
-        dockerfile = ROOT / service["build"]["dockerfile"]
-        assert dockerfile.is_file(), f"service {name}: {dockerfile} missing"
-        if name != "convert":
-            assert service["profiles"] == ["images"]
-            assert service["image"] == f"parity/{name}:latest"
-    origins = {r.origin for r in all_recipes().values()} | {"transformers", "base", "fixtures"}
-    assert origins <= set(services), f"no compose service for {origins - set(services)}"
+        assert service["build"]["dockerfile"] == "images/orchestrator/Dockerfile"
+        assert service["environment"]["PARITY_CA_BUNDLE"] == "context", f"{name}: would re-read the CA from its own env"
+        assert service["environment"]["PYTHONPATH"] == service["working_dir"], f"{name}: the checkout is the code"
+        for volume in service["volumes"]:
+            source, target = re.fullmatch(r"(\$\{[^}]*\}|[^:$]+):(\$\{[^}]*\}|[^:$]+)(:r[ow])?", volume).groups()[:2]
+            assert source == target, f"{name}: {volume} is not mounted at its host path"
     gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["convert"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
@@ -244,3 +242,242 @@ def test_absent_engine_is_a_one_line_error(tmp_path, monkeypatch):
     result = parity("convert", "sam-tiny-random", "--backend", "docker", "--out", str(tmp_path), check=2)
     assert "no Docker engine reachable" in error_line(result)
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+
+
+# --- image identity (parity/host/images.py) --------------------------------------------------------------------------
+
+from parity.host import images as img  # noqa: E402
+
+UPSTREAM_IMAGES = {"detectron2": ("detectron2", "Mask2Former"), "msn": ("msn",), "clipseg": ("clipseg",)}
+
+
+def test_every_origin_has_an_image_and_every_image_its_parent():
+    origins = {r.origin for r in all_recipes().values()} | {"transformers", "fixtures", "base"}
+    known = img.known_images()
+    assert origins <= set(known), f"no images/<env>/Dockerfile for {origins - set(known)}"
+    for env in known:
+        order = img.build_order([env])
+        assert order[-1] == env and (env in ("base", "orchestrator") or order[0] == "base"), order
+
+
+def test_images_hold_environments_only():
+    """Parity's code is mounted at run time, never copied: a code change can never leave a stale image."""
+    for dockerfile in DOCKERFILES:
+        for source in img.copy_sources(dockerfile.read_text()):
+            assert source.startswith("images/"), f"{dockerfile}: COPY {source} (only images/** may enter an image)"
+    assert set(img.code_mounts()) == {str(ROOT / p) for p in img.CODE_PACKAGES}
+    assert all(m["mode"] == "ro" and m["bind"].startswith(img.CODE_DIR + "/") for m in img.code_mounts().values())
+
+
+def test_os_image_and_ca_bundle_are_build_arguments_of_the_images_from_an_os():
+    for env in ("base", "orchestrator"):
+        text = (ROOT / "images" / env / "Dockerfile").read_text()
+        assert img.declared_args(text)[img.OS_ARG] == img.DEFAULT_OS_IMAGE
+        assert "FROM ${OS_IMAGE}" in text and "OS_IMAGE" in text.split("FROM")[0], f"{env}: OS_IMAGE undocumented"
+        assert img.copies_ca(env), f"{env}: does not install the host CA bundle"
+    for env in img.known_images():
+        if env not in ("base", "orchestrator"):
+            assert not img.copies_ca(env) and img.parent(env) == "base", env
+
+
+def test_dockerignore_keeps_the_context_to_images():
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and ln[0] != "#"]
+    assert lines[:2] == ["*", "!images/"]
+    ignored = (ROOT / ".gitignore").read_text()
+    assert img.CA_CONTEXT_FILE in ignored and "images/upstream/*/" in ignored
+
+
+@pytest.mark.parametrize("env", sorted(UPSTREAM_IMAGES))
+def test_upstream_images_share_one_fetch_mechanism(env):
+    text = (ROOT / "images" / env / "Dockerfile").read_text()
+    args = img.declared_args(text)
+    for repo in UPSTREAM_IMAGES[env]:
+        slot = f"images/upstream/[{repo[0]}]{repo[1:]}"
+        assert f"COPY images/upstream/upstream.py {slot} /tmp/upstream/{repo}/" in text, f"{env}: no slot for {repo}"
+        assert re.search(rf"/tmp/upstream/{repo}/upstream.py fetch {repo} +\S*github.com\S+ \"\$\{{\w+_COMMIT\}}\"",
+                         text.replace("\\\n", " ")), f"{env}: {repo} not fetched by upstream.py at a commit ARG"
+    commits = {k: v for k, v in args.items() if k.endswith("_COMMIT")}
+    assert len(commits) == len(UPSTREAM_IMAGES[env]) and all(re.fullmatch(r"[0-9a-f]{40}", v) for v in commits.values())
+    assert "git clone" not in text and "curl " not in text and "wget " not in text
+
+
+def test_deform_attn_patch_is_declared_with_its_sha256():
+    import hashlib
+
+    patch = ROOT / "images" / "detectron2" / "ms_deform_attn-torch2.patch"
+    text = (ROOT / "images" / "detectron2" / "Dockerfile").read_text()
+    assert img.declared_args(text)["MSDA_PATCH_SHA256"] == hashlib.sha256(patch.read_bytes()).hexdigest()
+    changed = [ln for ln in patch.read_text().splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    assert len(changed) <= 8, "the patch is a few changed lines, never a copy of upstream files"
+    assert "+PTX" in img.declared_args(text)["TORCH_CUDA_ARCH_LIST"]
+    ops = (ROOT / "images" / "detectron2" / "build-ops.sh").read_text()
+    assert 'python -c "import torch, MultiScaleDeformableAttention"' in ops
+
+
+# tag properties, on a copy of images/ so that every input can be changed
+
+@pytest.fixture()
+def images_copy(tmp_path):
+    import shutil
+
+    shutil.copytree(ROOT / "images", tmp_path / "images",
+                    ignore=lambda d, names: [n for n in names if (Path(d).name == "upstream" and (Path(d) / n).is_dir())
+                                             or n in ("host-ca.crt", "__pycache__")])
+    return tmp_path
+
+
+def _tags(root, environ):
+    return {env: img.image_tag(env, root=root, environ=environ) for env in img.known_images(root)}
+
+
+def _dependents(root, env):
+    return {e for e in img.known_images(root) if env in img.build_order([e], root)}
+
+
+BASE_ENV = {"PARITY_CA_BUNDLE": "none"}
+
+
+def test_same_inputs_give_the_same_tag_in_the_documented_form(images_copy):
+    first, second = _tags(images_copy, BASE_ENV), _tags(images_copy, dict(BASE_ENV))
+    assert first == second
+    assert first == _tags(ROOT, BASE_ENV), "local upstream checkouts or the checkout's location changed a tag"
+    for env, tag in first.items():
+        assert re.fullmatch(rf"parity/{re.escape(env)}:[0-9a-f]{{16}}", tag)
+    assert len(set(first.values())) == len(first)
+    restated = dict(BASE_ENV, PARITY_OS_IMAGE=img.DEFAULT_OS_IMAGE, PARITY_BUILD_ARG_CUDA_OPS="1",
+                    PARITY_BUILD_ARG_TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0+PTX")
+    assert _tags(images_copy, restated) == first, "restating a default changed a tag"
+
+
+def _assert_changes_exactly(before, after, expected):
+    changed = {env for env in before if before[env] != after[env]}
+    assert changed == expected
+
+
+@pytest.mark.parametrize("env", ["base", "sam", "detectron2", "orchestrator"])
+def test_a_dockerfile_byte_changes_that_image_and_its_dependents(images_copy, env):
+    before = _tags(images_copy, BASE_ENV)
+    path = images_copy / "images" / env / "Dockerfile"
+    path.write_bytes(path.read_bytes() + b"\n")
+    _assert_changes_exactly(before, _tags(images_copy, BASE_ENV), _dependents(images_copy, env))
+
+
+@pytest.mark.parametrize("pin", ["base/requirements.txt", "mmseg0/requirements-nobuildisolation.txt",
+                                 "detectron2/requirements-cuda.txt", "detectron2/ms_deform_attn-torch2.patch",
+                                 "upstream/upstream.py", "ca/install-ca.sh"])
+def test_a_copied_file_changes_exactly_the_images_that_copy_it(images_copy, pin):
+    before = _tags(images_copy, BASE_ENV)
+    users = {env for env in before if f"images/{pin}" in img.copied_files(env, images_copy)}
+    assert users, f"no image copies images/{pin}"
+    path = images_copy / "images" / pin
+    path.write_bytes(path.read_bytes() + b"# changed\n")
+    _assert_changes_exactly(before, _tags(images_copy, BASE_ENV), set().union(*(_dependents(images_copy, e) for e in users)))
+
+
+def test_build_arguments_change_exactly_the_images_that_declare_them(images_copy):
+    before = _tags(images_copy, BASE_ENV)
+    os_image = _tags(images_copy, dict(BASE_ENV, PARITY_OS_IMAGE="parity/os:bookworm-0123456789ab"))
+    _assert_changes_exactly(before, os_image, set(before))  # base (so every step image) and orchestrator
+    cpu = _tags(images_copy, dict(BASE_ENV, PARITY_BUILD_ARG_CUDA_OPS="0"))
+    _assert_changes_exactly(before, cpu, {"detectron2"})
+    commit = _tags(images_copy, dict(BASE_ENV, PARITY_BUILD_ARG_MSN_COMMIT="0" * 40))
+    _assert_changes_exactly(before, commit, {"msn"})
+    assert img.build_args("msn", root=images_copy, environ=dict(BASE_ENV, PARITY_BUILD_ARG_MSN_COMMIT="0" * 40)) == {
+        "MSN_COMMIT": "0" * 40, "BASE_IMAGE": before["base"]}
+    unrelated = _tags(images_copy, dict(BASE_ENV, PARITY_BUILD_ARG_NOT_DECLARED_ANYWHERE="x"))
+    assert unrelated == before
+    with pytest.raises(img.ImageError, match="BASE_IMAGE"):
+        img.build_args("sam", root=images_copy, environ=dict(BASE_ENV, PARITY_BUILD_ARG_BASE_IMAGE="x"))
+
+
+def test_the_ca_bundle_changes_the_images_that_install_it_and_their_dependents(images_copy, tmp_path):
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    before = _tags(images_copy, BASE_ENV)
+    with_ca = _tags(images_copy, {"PIP_CERT": str(bundle)})
+    _assert_changes_exactly(before, with_ca, set(before))  # base + orchestrator install it; everything else is FROM base
+    assert _tags(images_copy, {"PARITY_CA_BUNDLE": str(bundle)}) == with_ca
+    bundle.write_text(bundle.read_text() + "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n")
+    assert all(_tags(images_copy, {"PIP_CERT": str(bundle)})[e] != with_ca[e] for e in before)
+    # the build context carries what was hashed; inside compose (PARITY_CA_BUNDLE=context) the same tags come out
+    path = img.sync_ca_bundle(images_copy, {"PIP_CERT": str(bundle)})
+    assert path.read_bytes() == bundle.read_bytes()
+    assert _tags(images_copy, {"PARITY_CA_BUNDLE": "context"}) == _tags(images_copy, {"PIP_CERT": str(bundle)})
+    assert _tags(images_copy, {}) == _tags(images_copy, {"PARITY_CA_BUNDLE": "context"})
+    assert img.sync_ca_bundle(images_copy, BASE_ENV).read_bytes() == b""
+    mounts = img.runtime_ca(images_copy)
+    assert mounts == {"volumes": {}, "environment": {}}
+    img.sync_ca_bundle(images_copy, {"PIP_CERT": str(bundle)})
+    mounts = img.runtime_ca(images_copy)
+    assert list(mounts["volumes"].values()) == [{"bind": img.CA_IN_CONTAINER, "mode": "ro"}]
+    assert set(mounts["environment"]) >= {"SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
+
+
+def test_bad_image_input_is_one_line(images_copy, tmp_path):
+    with pytest.raises(img.ImageError, match="not readable"):
+        img.image_tag("base", root=images_copy, environ={"PIP_CERT": str(tmp_path / "missing.pem")})
+    with pytest.raises(img.ImageError, match="no image 'nope'"):
+        img.image_tag("nope", root=images_copy, environ=BASE_ENV)
+    (images_copy / "images" / "sam" / "requirements.txt").unlink()
+    with pytest.raises(img.ImageError, match="copies images/sam/requirements.txt, which does not exist"):
+        img.image_tag("sam", root=images_copy, environ=BASE_ENV)
+    result = subprocess.run([sys.executable, "-m", "parity.host.images", "tag", "nope"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_build_spec_and_docker_build_command_agree():
+    spec = img.build_spec("sam", environ=BASE_ENV)
+    assert spec["tag"] == img.image_tag("sam", environ=BASE_ENV) and spec["path"] == str(ROOT)
+    assert spec["dockerfile"] == "images/sam/Dockerfile"
+    assert spec["buildargs"] == {"BASE_IMAGE": img.image_tag("base", environ=BASE_ENV)}
+    assert json.loads(spec["labels"]["parity.inputs"]) == img.image_inputs("sam", environ=BASE_ENV)
+    argv = img.docker_build_argv("sam", environ=BASE_ENV)
+    assert argv[:6] == ["docker", "build", "-f", "images/sam/Dockerfile", "-t", spec["tag"]] and argv[-1] == str(ROOT)
+
+
+def _git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
+def test_upstream_fetch_from_a_local_checkout_is_verified_and_recorded(tmp_path):
+    """images/upstream/upstream.py as the image builds run it, with a local checkout in its slot (no network)."""
+    import hashlib
+    import shutil
+
+    slot = tmp_path / "upstream" / "repo"
+    slot.mkdir(parents=True)
+    _git("init", "-q", ".", cwd=slot)
+    (slot / "a.txt").write_text("one\n")
+    _git("add", "a.txt", cwd=slot)
+    _git("commit", "-q", "-m", "one", cwd=slot)
+    pinned = subprocess.run(["git", "rev-parse", "HEAD"], cwd=slot, capture_output=True, text=True).stdout.strip()
+    shutil.copy(ROOT / "images" / "upstream" / "upstream.py", slot / "upstream.py")  # as the Dockerfile's COPY does
+    (slot / "a.txt").write_text("edited, not committed\n")
+    env = dict(os.environ, PARITY_UPSTREAM_RECORD=str(tmp_path / "record.json"))
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(slot / "upstream.py"), *args], capture_output=True, text=True,
+                              env=env)
+
+    ok = run("fetch", "repo", "https://example.invalid/repo.git", pinned, str(tmp_path / "out"))
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "a.txt").read_text() == "one\n", "the work tree's edits reached the image"
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-one\n+two\n")
+    digest = hashlib.sha256(patch.read_bytes()).hexdigest()
+    wrong = run("patch", "repo", str(tmp_path / "out"), str(patch), "0" * 64)
+    assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1 and "sha256" in wrong.stderr
+    assert run("patch", "repo", str(tmp_path / "out"), str(patch), digest).returncode == 0
+    assert (tmp_path / "out" / "a.txt").read_text() == "two\n"
+    assert run("note", "ops.x", "cpu").returncode == 0
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["repositories"]["repo"]["commit"] == pinned
+    assert record["repositories"]["repo"]["fetched_from"] == "local checkout images/upstream/repo"
+    assert record["patches"] == [{"repository": "repo", "name": "fix.patch", "sha256": digest}]
+    assert record["notes"] == {"ops.x": "cpu"}
+    other = run("fetch", "repo", "https://example.invalid/repo.git", "f" * 40, str(tmp_path / "out2"))
+    assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
+    assert f"is at {pinned}, the image pins {'f' * 40}" in other.stderr

@@ -16,7 +16,7 @@ ENCODER_FFN = 1024
 
 
 def id2label(recipe: Recipe) -> dict[int, str]:
-    """The dataset's class names, shipped as data (converters/mask2former/labels/<file>.json), or numbered labels."""
+    """The dataset's class names, shipped as data (parity/families/mask2former/labels/<file>.json), or numbered labels."""
     labels = recipe.original_config.get("LABELS")
     num_classes = recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
     if labels:

@@ -1,8 +1,9 @@
 """Docker backend: each step runs in its environment's image (images/<env>/Dockerfile) through the Docker API.
 
-Images are tagged parity/<env>:<pin hash>, so a pin change can never reuse a stale image; a missing one is built from
-the repository (base first). Host paths are mounted at the same paths inside the container, so the runtime's
-requests need no rewriting. Every step runs as the calling (non-root) user with a timeout; dumps run with
+Images are tagged parity/<env>:<hash of every build input> (parity/host/images.py, the one scheme every entry point
+uses), so no input change can reuse a stale image; a missing one is built from the repository (base first). Images
+hold environments only: parity's code is mounted read-only (images.code_mounts). Host paths are mounted at the same
+paths inside the container, so the runtime's requests need no rewriting. Every step runs as the calling (non-root) user with a timeout; dumps run with
 networking disabled and their inputs read-only; containers are removed on success, failure and Ctrl-C alike.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 from parity.contracts.errors import ParityError
 from parity.contracts.steps import StepRequest
 from parity.host.backends import Progress, StepOutput, step_command
-from parity.host.envs import IMAGES, LAYER, PROJECT_ROOT, pin_hash, split_name
+from parity.host import images
+from parity.host.envs import LAYER, split_name
 
 STEP_TIMEOUT_S = int(os.environ.get("PARITY_DOCKER_TIMEOUT", "7200"))
 CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp",
@@ -24,25 +26,12 @@ CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "H
 
 
 def image_tag(env: str) -> str:
-    return f"parity/{env}:{pin_hash(env)}"
+    return images.image_tag(env)
 
 
 def build_spec(env: str) -> dict[str, Any]:
-    """Keyword arguments for docker's images.build: context is the repository, the Dockerfile is images/<env>/."""
-    dockerfile = IMAGES / env / "Dockerfile"
-    if not dockerfile.is_file():
-        raise ParityError(f"no Dockerfile for environment {env!r} (images/{env}/Dockerfile)")
-    spec: dict[str, Any] = {
-        "path": str(PROJECT_ROOT),
-        "dockerfile": str(dockerfile.relative_to(PROJECT_ROOT)),
-        "tag": image_tag(env),
-        "labels": {"parity.env": env, "parity.pins": pin_hash(env)},
-        "rm": True,
-        "decode": True,
-    }
-    if env != LAYER:
-        spec["buildargs"] = {"BASE_IMAGE": image_tag(LAYER)}
-    return spec
+    """Keyword arguments for docker's api.build (parity.host.images.build_spec)."""
+    return images.build_spec(env)
 
 
 def container_user() -> str:
@@ -65,6 +54,9 @@ def container_config(env: str, request: StepRequest, request_file: Path, *, devi
         resolved = str(Path(path).resolve())
         if not any(resolved == w or resolved.startswith(w + os.sep) for w in volumes):
             volumes[resolved] = {"bind": resolved, "mode": "ro"}
+    volumes.update(images.code_mounts())
+    ca = images.runtime_ca()
+    volumes.update(ca["volumes"])
     network = request.needs_network()
     config: dict[str, Any] = {
         "image": image_tag(env),
@@ -72,7 +64,7 @@ def container_config(env: str, request: StepRequest, request_file: Path, *, devi
         "volumes": volumes,
         "network_disabled": not network,
         "user": user or container_user(),
-        "environment": dict(CONTAINER_ENV, HF_HUB_OFFLINE="0" if network else "1"),
+        "environment": dict(CONTAINER_ENV, HF_HUB_OFFLINE="0" if network else "1", **ca["environment"]),
         "working_dir": "/opt/parity",
         "labels": {"parity.env": env, "parity.step": request.step},
         "detach": True,
@@ -121,6 +113,7 @@ class DockerBackend:
             self.ensure_image(LAYER, on_progress)
         on_progress(f"building image {tag}")
         try:
+            images.sync_ca_bundle()
             for chunk in self.client.api.build(**build_spec(env)):
                 if "stream" in chunk and chunk["stream"].strip():
                     on_progress(f"{tag}: {chunk['stream'].strip()[:100]}")
