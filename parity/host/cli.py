@@ -445,19 +445,24 @@ def selftest(
 @app.command()
 @one_line_errors
 def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding report.json.")]) -> None:
-    """Render report.md again from report.json (no recomputation)."""
-    from parity.host.render import rerender
+    """Render report.md, report.html and junit.xml again from report.json (no recomputation)."""
+    from parity.contracts.io import load_model
+    from parity.contracts.report import ParityReport
+    from parity.host.render import write_reports
     from parity.host.staging import output_lock
 
-    rows = []
+    rows, reports = [], []
     for folder in folders:
         json_path = folder / "report.json" if folder.is_dir() else folder
         if not json_path.is_file():
             raise ParityError(f"no report.json at {folder}")
+        result = load_model(ParityReport, json_path)
         with output_lock(json_path.parent):
-            result = rerender(json_path)
+            write_reports(result, json_path.parent)
         rows.append(_report_row(result, result.durations.get("total", 0.0)))
+        reports.append(result)
     _summary(rows)
+    _print_errors(reports)
     _exit_for([row[1] for row in rows])
 
 

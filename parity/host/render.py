@@ -113,15 +113,6 @@ def write_summary(reports: list[ParityReport], folder: Path) -> None:
     write_text(folder / "summary.md", "\n".join(lines) + "\n")
 
 
-def rerender(path: Path) -> ParityReport:
-    """`parity report DIR`: read report.json, write report.md, report.html and junit.xml again."""
-    path = Path(path)
-    json_path = path / "report.json" if path.is_dir() else path
-    report = load_model(ParityReport, json_path)
-    write_reports(report, json_path.parent)
-    return report
-
-
 def _log10(value: float | None) -> float:
     return math.log10(max(value or 0.0, 1e-12))
 
