@@ -64,7 +64,9 @@ def render_markdown(report: ParityReport) -> str:
         f"- captures: {passed}/{len(report.captures)} pass, worst max-abs {_num(worst)}",
         f"- references: {report.dump_producer} dump {md_code(report.dump)}; port: {md_text(report.port)}",
     ]
-    if report.registry_recipe_hash and report.registry_recipe_hash != report.recipe_hash:
+    if report.registry_recipe_hash is None:
+        lines.append("- recipe: its id is not in this registry, so its tolerances are its own (nothing to compare with)")
+    elif report.registry_recipe_hash != report.recipe_hash:
         lines.append(f"- recipe: the dump's ({report.recipe_hash[:12]}…) differs from the registry's of this id "
                      f"({report.registry_recipe_hash[:12]}…)")
     if report.conversion:
