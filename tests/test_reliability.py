@@ -552,6 +552,20 @@ def test_forged_dump_cannot_quietly_widen_its_tolerance(tiny_run, tmp_path):
     assert any(a.startswith("TOLERANCE WIDENED") for a in alerts)
 
 
+def test_forged_dump_with_an_unknown_id_says_its_tolerances_are_its_own(tiny_run, tmp_path):
+    dump = _copy_dump(tiny_run, tmp_path)
+
+    def rename(recipe, _refs):
+        recipe["id"], recipe["tolerance"]["atol"] = "sam-tiny-elsewhere", 0.6
+
+    _forge(dump, rename)
+    parity("diff", "--dump", str(dump), "--out", str(tmp_path / "o"), check=0)
+    report = read_json(tmp_path / "o" / "report.json")
+    assert report["registry_recipe_hash"] is None and report["tolerance_widened"] == []
+    assert "its id is not in this registry" in (tmp_path / "o" / "report.md").read_text()
+    assert "its id is not in this registry" in (tmp_path / "o" / "report.html").read_text()
+
+
 def test_origin_vs_origin_reads_are_hash_checked(tiny_run, tmp_path):
     """The host's numpy reader (origin vs origin) refuses an edited tensor too."""
     from parity.contracts.errors import ParityError
