@@ -22,7 +22,6 @@ from rich.table import Table
 from parity.contracts.errors import ParityError
 
 
-
 def _click_class(name: str) -> type:
     """A click exception class, found through typer (which may bundle its own click)."""
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
@@ -103,8 +102,8 @@ BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help=
 DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", min=1,
-                                                       help="torch threads, at least 1 (default: 1 for tiny variants).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="torch threads, at least 1 (default: 1 for tiny variants).")]
 Sha256Option = Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of --checkpoint (64 hex digits, "
                                                                       "any case).")]
 
@@ -274,7 +273,8 @@ def _announce(report, folder: Path) -> None:
     if report.verdict == "error":
         return
     _print_warnings(report)
-    console.print(f"{escape(report.recipe_id)}: [bold]{report.verdict.upper()}[/] → {folder}/report.md", highlight=False)
+    console.print(f"{escape(report.recipe_id)}: [bold]{report.verdict.upper()}[/] → {folder}/report.md",
+                  highlight=False)
 
 
 def _print_errors(reports) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from parity.contracts.io import load_model, write_text
+from parity.contracts.io import write_text
 from parity.contracts.report import CaptureResult, ParityReport
 
 
@@ -65,7 +65,7 @@ def render_markdown(report: ParityReport) -> str:
         f"- references: {report.dump_producer} dump {md_code(report.dump)}; port: {md_text(report.port)}",
     ]
     if report.registry_recipe_hash is None:
-        lines.append("- recipe: its id is not in this registry, so its tolerances are its own (nothing to compare with)")
+        lines.append("- recipe: its id is not in this registry, so its tolerances are its own")
     elif report.registry_recipe_hash != report.recipe_hash:
         lines.append(f"- recipe: the dump's ({report.recipe_hash[:12]}…) differs from the registry's of this id "
                      f"({report.registry_recipe_hash[:12]}…)")
