@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from parity.contracts.metrics import compare, mark_first_divergence
+from parity.contracts.recipe import NonfiniteAllowance
 
 
 def test_metrics_on_a_known_difference():
@@ -38,8 +39,33 @@ def test_shape_dtype_nan_and_missing_are_their_own_verdicts():
     nan[0, 0] = np.nan
     r = compare("x", 0, a, nan, 1e-5, 1e-4)
     assert r.verdict == "nonfinite" and r.nonfinite_port == 1 and r.nonfinite_origin == 0
-    assert compare("x", 0, nan, nan.copy(), 1e-5, 1e-4).verdict == "pass"
     assert compare("x", 0, a, None, 1e-5, 1e-4).verdict == "missing"
+
+
+def test_nan_at_the_same_positions_fails_unless_the_recipe_declares_it():
+    nan = np.zeros((2, 3), dtype=np.float32)
+    nan[0, 0] = np.nan
+    same = compare("x", 0, nan, nan.copy(), 1e-5, 1e-4)
+    assert same.verdict == "nonfinite" and same.nonfinite_origin == same.nonfinite_port == 1
+    assert "nan" in same.note
+    allowed = NonfiniteAllowance(values=["nan"], reason="the original masks padded tokens with NaN on purpose")
+    declared = compare("x", 0, nan, nan.copy(), 1e-5, 1e-4, nonfinite=allowed)
+    assert declared.verdict == "pass" and declared.nonfinite_reason == allowed.reason
+    moved = nan.copy()
+    moved[0, 0], moved[1, 2] = 0.0, np.nan
+    assert compare("x", 0, nan, moved, 1e-5, 1e-4, nonfinite=allowed).verdict == "nonfinite"
+    finite_off = nan.copy()
+    finite_off[1, 1] = 0.5
+    off = compare("x", 0, nan, finite_off, 1e-5, 1e-4, nonfinite=allowed)
+    assert off.verdict == "fail" and off.worst_index == [1, 1] and off.max_abs == 0.5
+    inf = np.zeros((2, 3), dtype=np.float32)
+    inf[1, 0] = -np.inf
+    assert compare("x", 0, inf, inf.copy(), 1e-5, 1e-4, nonfinite=allowed).verdict == "nonfinite"
+    signed = inf.copy()
+    signed[1, 0] = np.inf
+    both = NonfiniteAllowance(values=["inf", "-inf"], reason="an additive attention mask holds -inf by design")
+    assert compare("x", 0, inf, inf.copy(), 1e-5, 1e-4, nonfinite=both).verdict == "pass"
+    assert compare("x", 0, inf, signed, 1e-5, 1e-4, nonfinite=both).verdict == "nonfinite"
 
 
 def test_first_divergence_follows_execution_order_and_marks_downstream():

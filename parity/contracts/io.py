@@ -32,9 +32,25 @@ def load_model(model: type[Model], path: Path) -> Model:
 
 
 def write_model(obj: BaseModel, path: Path) -> None:
-    """Write a schema file atomically (temp file + rename), so a reader never sees half of one."""
+    """Write a schema file atomically (temp file + rename), so a reader never sees half of one; a model that would
+    not read back (e.g. NaN serialised as null into a float field) is refused before anything is written."""
+    path = Path(path)
+    text = obj.model_dump_json(indent=2) + "\n"
+    try:
+        type(obj).model_validate_json(text)
+    except ValidationError as exc:
+        raise ParityError(f"refusing to write {path}: it would not read back as {type(obj).__name__} "
+                          f"({validation_message(exc)})") from None
+    write_text(path, text)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a temp file beside it (`.NAME.tmp`), renamed over it when complete."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(obj.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
-
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from parity.contracts.recipe import NonfiniteAllowance
 from parity.contracts.report import CaptureResult
+
+
+def nonfinite_kinds(values: np.ndarray) -> set[str]:
+    """Which of nan / inf / -inf occur in `values` (a float array)."""
+    kinds = set()
+    if np.isnan(values).any():
+        kinds.add("nan")
+    if np.isposinf(values).any():
+        kinds.add("inf")
+    if np.isneginf(values).any():
+        kinds.add("-inf")
+    return kinds
 
 
 def compare(
@@ -18,7 +31,11 @@ def compare(
     *,
     port_name: str | None = None,
     reason: str | None = None,
+    nonfinite: NonfiniteAllowance | None = None,
 ) -> CaptureResult:
+    """One pair's metrics and verdict. NaN/Inf on either side is the 'nonfinite' verdict, even at the same positions,
+    unless `nonfinite` (the recipe's declaration) allows those values: then they must sit at the same positions with
+    the same sign on both sides, and the finite elements are judged as usual."""
     base = dict(
         name=name, port_name=port_name, execution_index=execution_index, origin_shape=list(origin.shape),
         port_shape=None if port is None else list(port.shape), atol=atol, rtol=rtol, tolerance_reason=reason,
@@ -34,13 +51,20 @@ def compare(
     p = port.astype(np.float64).ravel()
     bad_o = bad_p = 0
     if not (np.isfinite(o).all() and np.isfinite(p).all()):
-        bad_o, bad_p = int(np.count_nonzero(~np.isfinite(o))), int(np.count_nonzero(~np.isfinite(p)))
-        same = np.array_equal(np.isnan(o), np.isnan(p)) and np.array_equal(np.isinf(o), np.isinf(p)) and \
-            np.array_equal(o[np.isinf(o)], p[np.isinf(p)])
+        finite_o, finite_p = np.isfinite(o), np.isfinite(p)
+        bad_o, bad_p = int(o.size - np.count_nonzero(finite_o)), int(p.size - np.count_nonzero(finite_p))
+        counts = dict(nonfinite_origin=bad_o, nonfinite_port=bad_p)
+        allowed = set(nonfinite.values) if nonfinite else set()
+        unexpected = (nonfinite_kinds(o) | nonfinite_kinds(p)) - allowed
+        if unexpected:
+            note = f"{', '.join(sorted(unexpected))} not declared by the recipe (tolerance.nonfinite)"
+            return CaptureResult(verdict="nonfinite", note=note, **counts, **base)
+        same = np.array_equal(finite_o, finite_p) and np.array_equal(o[~finite_o], p[~finite_p], equal_nan=True)
         if not same:
-            return CaptureResult(verdict="nonfinite", nonfinite_origin=bad_o, nonfinite_port=bad_p, **base)
-        finite = np.isfinite(o)
-        o, p = np.where(finite, o, 0.0), np.where(finite, p, 0.0)
+            return CaptureResult(verdict="nonfinite", nonfinite_reason=nonfinite.reason,
+                                 note="declared NaN/Inf values sit at different positions or signs", **counts, **base)
+        base["nonfinite_reason"] = nonfinite.reason
+        o, p = np.where(finite_o, o, 0.0), np.where(finite_o, p, 0.0)
     if o.size == 0:
         return CaptureResult(verdict="pass", max_abs=0.0, mean_abs=0.0, rms=0.0, mismatch_fraction=0.0, **base)
     diff = np.abs(p - o)

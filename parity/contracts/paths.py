@@ -13,3 +13,14 @@ def fixtures_dir() -> Path:
     """Golden fixtures: PARITY_FIXTURES, else ../shared/fixtures beside the checkout."""
     configured = os.environ.get("PARITY_FIXTURES")
     return Path(configured) if configured else PACKAGE_ROOT.parent.parent / "shared" / "fixtures"
+
+
+def safetensors_only_problem(folder: Path) -> str | None:
+    """Why a save_pretrained folder cannot be loaded as an existing port (the port side loads safetensors only and
+    never unpickles), or None when it holds *.safetensors weights."""
+    if any(folder.glob("*.safetensors")):
+        return None
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+    held = f"it holds {', '.join(pickled[:3])}" if pickled else "it holds no weights file"
+    return (f"port {folder} has no *.safetensors weights ({held}); the port side loads safetensors only and never "
+            "unpickles: re-save it with save_pretrained(safe_serialization=True)")

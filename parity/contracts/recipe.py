@@ -101,6 +101,18 @@ class ToleranceOverride(Strict):
     """Why the original and the port legitimately differ here, with the measured number."""
 
 
+NonfiniteValue = Literal["nan", "inf", "-inf"]
+
+
+class NonfiniteAllowance(Strict):
+    """NaN/Inf are a failure wherever they appear; only this declaration lets matching names hold them."""
+
+    values: list[NonfiniteValue] = Field(min_length=1)
+    """Which non-finite values are expected (each must then sit at the same positions on both sides)."""
+    reason: str = Field(min_length=20)
+    """Why the original legitimately produces or holds these values here (e.g. a -inf attention mask buffer)."""
+
+
 class TolerancePolicy(Strict):
     profile: TolerancePreset = "fp32-cpu"
     """Preset giving the default atol/rtol."""
@@ -110,6 +122,10 @@ class TolerancePolicy(Strict):
     """Recipe-wide rtol replacing the preset's."""
     overrides: dict[str, ToleranceOverride] = Field(default_factory=dict)
     """Per-capture overrides keyed by an fnmatch pattern over capture names; each needs a written reason."""
+    nonfinite: dict[str, NonfiniteAllowance] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    """NaN/Inf allowed where an fnmatch pattern matches a capture name, a processor check or an original state-dict
+    key; each needs a written reason. Without one, any NaN/Inf fails the run (left out of the recipe hash when
+    empty, so recipes without declarations keep their hash)."""
 
 
 class HFSpec(Strict):

@@ -10,9 +10,11 @@ from parity.contracts.base import SCHEMA_VERSION, Sha256, Strict
 from parity.contracts.conversion import ConversionRecord
 from parity.contracts.manifests import EnvironmentRecord
 from parity.contracts.mutations import Mutation
+from parity.contracts.recipe import NonfiniteValue
 
 CaptureVerdict = Literal["pass", "fail", "shape-mismatch", "dtype-mismatch", "nonfinite", "missing"]
 Verdict = Literal["pass", "fail", "error"]
+NonfiniteWhere = Literal["weight", "input", "reference", "port", "processor-original", "processor-port"]
 
 
 class CaptureResult(Strict):
@@ -58,6 +60,9 @@ class CaptureResult(Strict):
     """NaN/Inf count in the reference."""
     nonfinite_port: int = 0
     """NaN/Inf count in the port tensor."""
+    nonfinite_reason: str | None = None
+    """Written reason of the recipe's declaration that allowed NaN/Inf here (then they must sit at the same
+    positions on both sides and only the finite elements are compared)."""
     note: str | None = None
     """Free text (e.g. why a capture is missing)."""
 
@@ -69,8 +74,43 @@ class Heatmap(Strict):
     """Shape of the 2-D grid below (rows, cols)."""
     source_shape: list[int]
     """Shape of the capture; the grid is the max |diff| over blocks of its last two axes (leading axes folded)."""
-    values: list[list[float]]
-    """Block maxima of |port - origin|."""
+    values: list[list[float | None]]
+    """Block maxima of |port - origin|; null for a block holding a NaN/Inf difference."""
+
+
+class NonfiniteFinding(Strict):
+    """NaN/Inf found somewhere in a comparison: named in every report format, and a failure unless declared."""
+
+    where: NonfiniteWhere
+    """weight: the original state dict (or the loaded port's weights); input / reference: the dump; port: the port's
+    capture; processor-original / processor-port: a preprocessing check."""
+    name: str
+    """Tensor name (state-dict key, capture or check name)."""
+    count: int = Field(ge=1)
+    """Non-finite elements."""
+    declared: str | None = None
+    """Reason of the recipe's declaration allowing it (None: undeclared, so the run fails)."""
+
+
+class ToleranceWidening(Strict):
+    """A capture the dump's own recipe judges more loosely than the registry's recipe of the same id."""
+
+    name: str
+    """Capture, processor check or state-dict key."""
+    dump_atol: float
+    """atol from the dump's recipe (what the verdict used)."""
+    dump_rtol: float
+    """rtol from the dump's recipe (what the verdict used)."""
+    registry_atol: float
+    """atol the registry's recipe would apply."""
+    registry_rtol: float
+    """rtol the registry's recipe would apply."""
+    nonfinite_only_in_dump: list[NonfiniteValue] = Field(default_factory=list)
+    """Non-finite values the dump's recipe allows here and the registry's does not."""
+    dump_reason: str | None = None
+    """The dump recipe's written reason for the looser tolerance."""
+    verdict_under_registry: CaptureVerdict | None = None
+    """The capture's verdict under the registry's tolerance (None when it is not a compared capture)."""
 
 
 class MutationResult(Strict):
@@ -134,17 +174,28 @@ class ParityReport(Strict):
     """Where the port ran."""
     checkpoint_sha256: Sha256 | None = None
     """Checkpoint the references came from."""
+    nonfinite: list[NonfiniteFinding] = Field(default_factory=list)
+    """Every NaN/Inf found (weights, dump tensors, port captures, processor checks); undeclared ones fail the run."""
+    registry_recipe_hash: Sha256 | None = None
+    """Hash of the registry's recipe with the same id, when the registry knows the id (None: a recipe from elsewhere,
+    or no registry was consulted)."""
+    tolerance_widened: list[ToleranceWidening] = Field(default_factory=list)
+    """Where the dump's recipe is looser than the registry's recipe of the same id (a dump cannot quietly widen its
+    own tolerance: shown at the top of every report format)."""
     durations: dict[str, float] = Field(default_factory=dict)
     """Seconds per step."""
     error: str | None = None
     """One-line error when verdict is 'error'."""
 
+    def undeclared_nonfinite(self) -> list[NonfiniteFinding]:
+        return [f for f in self.nonfinite if f.declared is None]
+
     @model_validator(mode="after")
     def _verdict_is_consistent(self) -> ParityReport:
         if (self.verdict == "error") != (self.error is not None):
             raise ValueError("an 'error' verdict needs an error message, and only it may carry one")
-        if self.verdict == "pass" and self.first_divergence is not None:
-            raise ValueError("a passing report cannot name a first divergence")
-        if self.verdict == "fail" and self.first_divergence is None:
-            raise ValueError("a failing report names its first divergence")
+        if self.verdict == "pass" and (self.first_divergence is not None or self.undeclared_nonfinite()):
+            raise ValueError("a passing report cannot name a first divergence or undeclared NaN/Inf")
+        if self.verdict == "fail" and self.first_divergence is None and not self.undeclared_nonfinite():
+            raise ValueError("a failing report names its first divergence or undeclared NaN/Inf")
         return self

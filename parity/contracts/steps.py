@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from parity.contracts.base import Sha256, Strict
 from parity.contracts.mutations import Mutation
-from parity.contracts.recipe import Recipe
+from parity.contracts.recipe import Recipe, TolerancePolicy
 from parity.contracts.report import MutationResult, Verdict
 
 PROGRESS_MARKER = "parity-progress: "
@@ -140,6 +140,11 @@ class PortRequest(StepRequest):
     """Report mode with one corruption applied to the converted weights (nothing is saved)."""
     mutations: list[Mutation] = Field(default_factory=list)
     """Self-test mode: one conversion per corruption, each judged alone; the response lists what parity concluded."""
+    registry_tolerance: TolerancePolicy | None = None
+    """The tolerance policy of the registry's recipe with the dump's recipe id, when the registry knows that id:
+    the report names every capture the dump's own recipe judges more loosely."""
+    registry_recipe_hash: Sha256 | None = None
+    """Hash of that registry recipe (shown beside the dump's own recipe hash)."""
 
     @model_validator(mode="after")
     def _one_mode(self) -> PortRequest:

@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity.contracts.base import parse_sha256
 from parity.contracts.errors import ParityError
 from parity.contracts.hashing import sha256_file
 from parity.contracts.paths import fixtures_dir
@@ -25,6 +26,15 @@ class ResolvedCheckpoint:
 
 def _tofu_record(recipe: Recipe) -> Path:
     return cache_dir() / "checkpoints" / recipe.id / "trusted-sha256.json"
+
+
+def _trusted_sha256(record: Path) -> str:
+    """The hash recorded on first download; a damaged record is an error, never 'no check'."""
+    try:
+        return parse_sha256(json.loads(record.read_text())["sha256"], f"trust-on-first-use record {record}")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ParityError(f"trust-on-first-use record {record} is damaged; delete it only if you trust the cached "
+                          "checkpoint") from None
 
 
 def verify(path: Path, expected: str | None, what: str) -> str:
@@ -63,7 +73,7 @@ def _download(recipe: Recipe) -> Path:
     folder = cache_dir() / "checkpoints" / recipe.id
     path = folder / (source.filename or Path(source.url).name)
     record = _tofu_record(recipe)
-    expected = source.sha256 or (json.loads(record.read_text())["sha256"] if record.is_file() else None)
+    expected = source.sha256 or (_trusted_sha256(record) if record.is_file() else None)
     if path.is_file():
         verify(path, expected, "cached checkpoint")
         return path

@@ -22,7 +22,34 @@ from rich.table import Table
 from parity.contracts.errors import ParityError
 from parity.host.progress import StepProgress
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+def _click_class(name: str) -> type:
+    """A click exception class, found through typer (which may bundle its own click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+class OneLineTyper(typer.Typer):
+    """Usage errors (unknown option, bad value, missing argument) end like every other error: one line on stderr
+    and exit code 2."""
+
+    def __call__(self, *args, **kwargs):
+        command = typer.main.get_command(self)
+        try:
+            code = command.main(*args, **{"prog_name": "parity", **kwargs, "standalone_mode": False})
+        except _click_class("ClickException") as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()
+            else:
+                console.print(f"[bold red]parity: error:[/] {escape(' '.join(exc.format_message().split()))} "
+                              f"(see parity --help)", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            console.print("[bold red]parity: interrupted[/]")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = OneLineTyper(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 stdout = Console()
 
@@ -37,17 +64,36 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def _error(message: str) -> None:
+    console.print(f"[bold red]parity: error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming the path: 'cannot write /x/report.md: No space left on device'."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    return f"{paths}: {reason}" if paths else reason
+
+
 def one_line_errors(fn: Callable) -> Callable:
+    """Every error ends in one line on stderr and exit code 2 (exit 1 is reserved for 'parity failed')."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
         except ParityError as exc:
-            console.print(f"[bold red]parity: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _error(str(exc))
         except KeyboardInterrupt:
             console.print("[bold red]parity: interrupted[/]")
             raise typer.Exit(130) from None
+        except OSError as exc:
+            _error(os_error_line(exc))
+        except Exception as exc:  # a bug in parity still ends in one line, never a traceback and exit 1
+            _error(f"unexpected {type(exc).__name__}: {exc}")
+        raise typer.Exit(2)
 
     return wrapper
 
@@ -57,7 +103,10 @@ BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help=
 DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
-ThreadsOption = Annotated[Optional[int], typer.Option("--threads", help="torch threads (default: 1 for tiny variants).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="torch threads, at least 1 (default: 1 for tiny variants).")]
+Sha256Option = Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of --checkpoint (64 hex digits, "
+                                                                      "any case).")]
 TransformersOption = Annotated[Optional[str], typer.Option(
     "--transformers", help="Run the port side with this transformers release (its own environment: "
                            "images/transformers pins with transformers replaced; default: the pinned release).")]
@@ -66,7 +115,38 @@ TransformersOption = Annotated[Optional[str], typer.Option(
 def _threads(recipe, threads: int | None) -> int:
     import os
 
-    return threads or (1 if recipe.tiny else max(1, os.cpu_count() or 1))
+    return threads if threads is not None else (1 if recipe.tiny else max(1, os.cpu_count() or 1))
+
+
+def _sha256(value: str | None) -> str | None:
+    """--sha256 validated like every sha256 field: case-insensitive, 64 hex digits; an empty one is an error."""
+    from parity.contracts.base import parse_sha256
+
+    return None if value is None else parse_sha256(value, "--sha256")
+
+
+def _out_root(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ParityError(f"--out {out} is a file; give a folder")
+    return out
+
+
+def _print_warnings(report) -> None:
+    """What a report must not let pass quietly: a dump recipe looser than the registry's, and NaN/Inf."""
+    if report.tolerance_widened:
+        first = report.tolerance_widened[0]
+        changed = sum(w.verdict_under_registry not in (None, "pass") for w in report.tolerance_widened)
+        console.print(f"[bold yellow]parity: warning:[/] {escape(report.recipe_id)}: the dump's own recipe judges "
+                      f"{len(report.tolerance_widened)} capture(s) more loosely than the registry's, {changed} of "
+                      f"which would not pass under the registry's (e.g. {escape(first.name)}: atol "
+                      f"{first.dump_atol:.2g} vs {first.registry_atol:.2g}, rtol {first.dump_rtol:.2g} vs "
+                      f"{first.registry_rtol:.2g}); see report.md", highlight=False, soft_wrap=True)
+    undeclared = report.undeclared_nonfinite()
+    if undeclared:
+        first = undeclared[0]
+        console.print(f"[bold red]parity: {escape(report.recipe_id)}: NaN/Inf in {len(undeclared)} tensor(s), none "
+                      f"declared by the recipe (e.g. {first.where} {escape(first.name)}: {first.count})[/]",
+                      highlight=False, soft_wrap=True)
 
 
 def _backend(name: BackendName | None, device: Device):
@@ -151,7 +231,7 @@ def convert(
     backend: BackendOption = None,
     out: OutOption = Path("out"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")] = None,
-    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    sha256: Sha256Option = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
@@ -165,6 +245,8 @@ def convert(
     recipes = select(selector)
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
+    sha256 = _sha256(sha256)
+    out = _out_root(out)
     chosen = _backend(backend, device)
     if origin:
         _convert_origins(recipes, origin, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
@@ -186,8 +268,7 @@ def convert(
                 continue
         rows.append(_report_row(report, time.perf_counter() - started))
         reports.append(report)
-        console.print(f"{recipe.id}: [bold]{report.verdict.upper()}[/] → {out / recipe.id}/report.md", highlight=False,
-                      soft_wrap=True)
+        _announce(report, out / recipe.id)
     _summary(rows)
     if len(recipes) > 1:
         from parity.host.render import write_summary
@@ -220,13 +301,21 @@ def _convert_origins(recipes, origin: str, backend, out: Path, *, threads, **kwa
             row = _report_row(report, time.perf_counter() - started)
             rows.append((f"{row[0]} ({name})", *row[1:]))
             reports.append(report)
-            console.print(f"{recipe.id} ({name}): [bold]{report.verdict.upper()}[/] → {out / recipe.id / name}/report.md",
-                          highlight=False)
+            _announce(report, out / recipe.id / name)
         if len(names) > 1:
             console.print(f"{recipe.id}: origin vs origin → {out / recipe.id}/origins.md", highlight=False)
     _summary(rows)
     _print_errors(reports)
     _exit_for([row[1] for row in rows])
+
+
+def _announce(report, folder: Path) -> None:
+    """Where a verdict was written, after the warnings it carries; an error verdict is left to its one error line."""
+    if report.verdict == "error":
+        return
+    _print_warnings(report)
+    console.print(f"{escape(report.recipe_id)}: [bold]{report.verdict.upper()}[/] → {folder}/report.md",
+                  highlight=False)
 
 
 def _print_errors(reports) -> None:
@@ -249,7 +338,7 @@ def dump(
     backend: BackendOption = None,
     out: OutOption = Path("out"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file.")] = None,
-    sha256: Annotated[Optional[str], typer.Option(help="Expected sha256 of --checkpoint.")] = None,
+    sha256: Sha256Option = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
@@ -258,8 +347,13 @@ def dump(
     from parity.host.pipeline import make_dump
     from parity.host.registry import select
 
+    recipes = select(selector)
+    if checkpoint is not None and len(recipes) > 1:
+        raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
+    sha256 = _sha256(sha256)
+    out = _out_root(out)
     chosen = _backend(backend, device)
-    for recipe in select(selector):
+    for recipe in recipes:
         with StepProgress(console, recipe.id) as status:
             folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
                                device=device.value, threads=_threads(recipe, threads),
@@ -287,12 +381,12 @@ def diff(
     from parity.contracts.io import load_model
     from parity.contracts.manifests import DumpManifest
     from parity.host.envs import cache_dir
-    from parity.host.pipeline import import_fixture, port_env, recheck_folder, run_diff
+    from parity.host.pipeline import import_fixture, port_env, recheck_folder, resolve_port, run_diff
 
     dump_dir = dump_dir.expanduser().resolve()
     if not dump_dir.is_dir():
         raise ParityError(f"dump folder not found: {dump_dir}")
-    port = _resolve_port(port) if port is not None else None
+    port = resolve_port(port) if port is not None else None
     port_env(transformers)
     chosen = _backend(backend, device)
     started = time.perf_counter()
@@ -300,32 +394,16 @@ def diff(
         if not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file():
             dump_dir = import_fixture(dump_dir, chosen, cache_dir(), status.update)
         manifest = load_model(DumpManifest, dump_dir / "manifest.json")
-        default = Path("out") / manifest.recipe.id
-        target = out or (recheck_folder(default, transformers) if port or transformers else default)
+        default = _out_root(Path("out")) / manifest.recipe.id
+        target = _out_root(out) if out else (recheck_folder(default, transformers) if port or transformers else default)
         mutation = _parse_mutation(mutate) if mutate else None
         report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
                           all_modules=all_modules, transformers=transformers,
                           threads=_threads(manifest.recipe, threads), on_progress=status.update)
-    console.print(f"{report.recipe_id}: [bold]{report.verdict.upper()}[/] → {target}/report.md", highlight=False,
-                  soft_wrap=True)
+    _announce(report, target)
     _summary([_report_row(report, time.perf_counter() - started)])
     _print_errors([report])
     _exit_for([report.verdict])
-
-
-def _resolve_port(port: str) -> str:
-    """A local save_pretrained folder becomes an absolute path (a relative one would be taken for a hub id); a hub
-    id stays as it is; anything else is a one-line error."""
-    import re
-
-    folder = Path(port).expanduser()
-    if folder.exists():
-        if not (folder / "config.json").is_file():
-            raise ParityError(f"--port {port}: not a save_pretrained folder (no config.json)")
-        return str(folder.resolve())
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", port):
-        raise ParityError(f"--port {port}: no such folder, and not a hub id (ORG/NAME)")
-    return port
 
 
 @app.command()
@@ -343,7 +421,8 @@ def recheck(
 ) -> None:
     """Re-check saved ports against other transformers releases: load each port (no conversion) in one port
     environment per release, diff it against OUT/<id>/dump, and print one table of verdicts and worst errors."""
-    from parity.host.pipeline import port_env, recheck as run_recheck
+    from parity.host.pipeline import port_env, resolve_port
+    from parity.host.pipeline import recheck as run_recheck
     from parity.host.registry import select
 
     versions = [v.strip() for v in transformers.split(",") if v.strip()]
@@ -356,7 +435,7 @@ def recheck(
     recipes = select(selector)
     if port is not None and len(recipes) > 1:
         raise ParityError(f"--port names one port but {selector!r} selects {len(recipes)} variants")
-    port = _resolve_port(port) if port is not None else None
+    port = resolve_port(port) if port is not None else None
     chosen = _backend(backend, device)
     table = Table()
     _id_column(table, "variant", [recipe.id for recipe in recipes])
@@ -431,11 +510,13 @@ def generate(
     if len(recipes) != 1:
         raise ParityError(f"{selector!r} selects {len(recipes)} variants; generate takes one id")
     recipe = recipes[0]
+    out = out.expanduser().resolve()
+    if out.is_dir():
+        raise ParityError(f"--out {out} is a folder; generate writes one checkpoint file (e.g. {out / 'model.pth'})")
     seeded = recipe.model_copy(update={"checkpoint": CheckpointSource(
         kind="generate", generate=GenerateSpec(seed=seed), container=recipe.checkpoint.container)})
     with StepProgress(console, recipe.id, announce="generating a checkpoint with the original code") as status:
-        generate_checkpoint(seeded, _backend(backend, Device.cpu), out.expanduser().resolve(),
-                            on_progress=status.update)
+        generate_checkpoint(seeded, _backend(backend, Device.cpu), out, on_progress=status.update)
     stdout.print(str(out))
 
 
@@ -452,6 +533,7 @@ def selftest(
 
     from parity.host.pipeline import make_dump, run_mutations
     from parity.host.registry import all_recipes, families
+    from parity.host.staging import output_lock
 
     chosen = _backend(backend, Device.cpu)
     names = families_ or [n for n in families() if importlib.util.find_spec(f"parity.families.{n}.selftest")]
@@ -465,7 +547,7 @@ def selftest(
         suite = importlib.import_module(f"parity.families.{name}.selftest")
         recipe = all_recipes()[suite.VARIANT]
         folder = out / "selftest" / recipe.id
-        with StepProgress(console, recipe.id, announce="dumping the original") as status:
+        with output_lock(folder), StepProgress(console, recipe.id, announce="dumping the original") as status:
             dump_dir = make_dump(recipe, chosen, folder, checkpoint=None, sha256=None, device="cpu", threads=1,
                                  on_progress=status.update)
             results = run_mutations(dump_dir, chosen, folder, [m for m, _ in suite.MUTATIONS], device="cpu",
@@ -485,14 +567,24 @@ def selftest(
 @app.command()
 @one_line_errors
 def report(folders: Annotated[list[Path], typer.Argument(help="Folders holding report.json.")]) -> None:
-    """Render report.md again from report.json (no recomputation)."""
-    from parity.host.render import rerender
+    """Render report.md, report.html and junit.xml again from report.json (no recomputation)."""
+    from parity.contracts.io import load_model
+    from parity.contracts.report import ParityReport
+    from parity.host.render import write_reports
+    from parity.host.staging import output_lock
 
-    rows = []
+    rows, reports = [], []
     for folder in folders:
-        result = rerender(folder)
+        json_path = folder / "report.json" if folder.is_dir() else folder
+        if not json_path.is_file():
+            raise ParityError(f"no report.json at {folder}")
+        result = load_model(ParityReport, json_path)
+        with output_lock(json_path.parent):
+            write_reports(result, json_path.parent)
         rows.append(_report_row(result, result.durations.get("total", 0.0)))
+        reports.append(result)
     _summary(rows)
+    _print_errors(reports)
     _exit_for([row[1] for row in rows])
 
 
@@ -603,11 +695,13 @@ def doctor() -> None:
 @one_line_errors
 def schema(out: Annotated[Path, typer.Option(help="Folder for the JSON Schemas.")] = Path("schemas")) -> None:
     """Write the JSON Schemas of Recipe, DumpManifest, ConversionRecord and ParityReport."""
+    from parity.contracts.io import write_text
     from parity.contracts.schemas import SCHEMAS
 
+    out = _out_root(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, model in SCHEMAS.items():
-        (out / f"{name}.schema.json").write_text(json.dumps(model.model_json_schema(), indent=2) + "\n")
+        write_text(out / f"{name}.schema.json", json.dumps(model.model_json_schema(), indent=2) + "\n")
         stdout.print(str(out / f"{name}.schema.json"))
 
 

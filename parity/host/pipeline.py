@@ -6,25 +6,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 from parity.contracts.errors import ParityError
-from parity.contracts.io import load_model
+from parity.contracts.io import load_model, write_text
+from parity.contracts.manifests import DumpManifest
 from parity.contracts.mutations import Mutation
-from parity.contracts.paths import fixtures_dir
+from parity.contracts.paths import fixtures_dir, safetensors_only_problem
 from parity.contracts.recipe import Recipe
 from parity.contracts.report import MutationResult, ParityReport
 from parity.contracts.steps import DumpRequest, GenerateRequest, ImportFixtureRequest, PortRequest
 from parity.host.backends import Backend, Progress
 from parity.host.checkpoints import ResolvedCheckpoint, resolve
+from parity.host.dumps import verify_dump
 from parity.host.envs import cache_dir, pinned_version, split_name
-from parity.host.registry import family_of, recipe_for_fixture
+from parity.host.registry import all_recipes, family_of, recipe_for_fixture
 from parity.host.render import write_reports
+from parity.host.staging import cache_lock, output_lock, sweep_dead
 
 PORT_ENV = "transformers"
 STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.json", "hf", "publish", "recheck")
 """What a run replaces: a staged publish folder or a re-check of the previous model must not outlive it."""
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face hub id: `org/name`."""
 
 
 def _reads_fixtures(recipe: Recipe) -> bool:
@@ -34,21 +40,41 @@ def _reads_fixtures(recipe: Recipe) -> bool:
 def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
                         log: Path | None = None) -> None:
     """The original code builds the model, re-draws every tensor from the seed and saves its native container."""
+    if path.is_dir():
+        raise ParityError(f"{path} is a folder; generate writes one checkpoint file (e.g. {path / 'model.pth'})")
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_dead(path.parent, prefix=f".{path.name}.")
     backend.run(recipe.origin, GenerateRequest(recipe=recipe, out=path),
                 log=log or cache_dir() / "logs" / f"generate-{recipe.id}.log", on_progress=on_progress)
+
+
+def _generate_cached(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress, log: Path) -> None:
+    """A tiny variant's checkpoint, generated once into the shared cache (concurrent runs wait for the first)."""
+    with cache_lock(path.parent, path.name):
+        if path.is_file():
+            return
+        on_progress(f"generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
+        generate_checkpoint(recipe, backend, path, on_progress, log=log)
 
 
 def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
               device: str, threads: int, on_progress: Progress, all_modules: bool = False,
               resolved: ResolvedCheckpoint | None = None) -> Path:
-    """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump."""
+    """Origin side: obtain the checkpoint (generating tiny ones with the original code), then dump into OUT/dump
+    (OUT is locked for the run)."""
+    with output_lock(out):
+        return _make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device, threads=threads,
+                          on_progress=on_progress, all_modules=all_modules, resolved=resolved)
+
+
+def _make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path | None, sha256: str | None,
+               device: str, threads: int, on_progress: Progress, all_modules: bool,
+               resolved: ResolvedCheckpoint | None) -> Path:
     backend.prepare(recipe.origin, on_progress)
     resolved = resolved or resolve(recipe, checkpoint, sha256)
     logs = out / "logs"
     if resolved.needs_generation:
-        on_progress(f"generating the tiny original checkpoint (seed {recipe.checkpoint.generate.seed})")
-        generate_checkpoint(recipe, backend, resolved.path, on_progress, log=logs / "generate.log")
+        _generate_cached(recipe, backend, resolved.path, on_progress, logs / "generate.log")
     on_progress(f"original forward in the {recipe.origin} origin")
     request = DumpRequest(recipe=recipe, checkpoint=resolved.path, checkpoint_source=resolved.source,
                           out=out / "dump", device=device, threads=threads, all_modules=all_modules,
@@ -57,24 +83,46 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
 
 
 def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress) -> Path:
-    """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes)."""
+    """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes). A cached import is
+    reused only after every file in it is checked against its manifest; a damaged one is imported again."""
     meta = fixture / "fixture.json"
-    recipe = recipe_for_fixture(json.loads(meta.read_text())["name"])
+    try:
+        name = json.loads(meta.read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ParityError(f"{meta} is not a readable fixture description ({exc})") from None
+    recipe = recipe_for_fixture(name)
     key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
-    dump_dir = cache / "dumps" / f"fixture-{fixture.name}-{key}"
-    if (dump_dir / "manifest.json").is_file():
-        return dump_dir
-    on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
-    request = ImportFixtureRequest(recipe=recipe, fixture=fixture, fixtures=fixture.parent, out=dump_dir)
-    return backend.run(family_of(recipe).importer_env, request, log=cache / "logs" / f"import-{fixture.name}.log",
-                       on_progress=on_progress).dump
+    dumps = cache / "dumps"
+    dump_dir = dumps / f"fixture-{fixture.name}-{key}"
+    with cache_lock(dumps, dump_dir.name):
+        if (dump_dir / "manifest.json").is_file():
+            try:
+                if verify_dump(dump_dir).recipe_hash == recipe.recipe_hash():
+                    return dump_dir
+                on_progress(f"cached import of {fixture.name} is for another recipe: importing again")
+            except ParityError as exc:
+                on_progress(f"cached import of {fixture.name} is damaged ({exc}): importing again")
+        for staging in dumps.glob(f".{dump_dir.name}.*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
+        request = ImportFixtureRequest(recipe=recipe, fixture=fixture, fixtures=fixture.parent, out=dump_dir)
+        return backend.run(family_of(recipe).importer_env, request, log=cache / "logs" / f"import-{fixture.name}.log",
+                           on_progress=on_progress).dump
 
 
-def clear_stale(out: Path, *extra: str) -> None:
-    """A failed run must not leave an earlier run's report, model or dump looking like this run's result."""
+def clear_stale(out: Path, *extra: str, keep: Path | None = None) -> None:
+    """A failed run must not leave an earlier run's report, model or dump looking like this run's result. `keep` (the
+    existing port being re-verified) is never removed, nor the conversion record beside it."""
+    protected = set()
+    if keep is not None:
+        protected = {keep, *keep.parents}
+        if keep == out / "hf":
+            protected.add(out / "conversion.json")
     for name in (*STALE, *extra):
         path = out / name
-        if path.is_dir():
+        if path in protected:
+            continue
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
@@ -90,34 +138,63 @@ def port_env(transformers: str | None = None) -> str:
     return env
 
 
+def resolve_port(port: str) -> str:
+    """--port: an existing save_pretrained folder (made absolute) or a hub id. A path that does not exist is an error,
+    never a hub id (which would turn the network on)."""
+    if not port.strip():
+        raise ParityError("--port is empty: give a save_pretrained folder or a hub id")
+    path = Path(port).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ParityError(f"--port {port!r} is a file; give the save_pretrained folder")
+        if not (path / "config.json").is_file():
+            raise ParityError(f"--port {port}: not a save_pretrained folder (no config.json)")
+        problem = safetensors_only_problem(path.resolve())
+        if problem:
+            raise ParityError(problem)
+        return str(path.resolve())
+    if HUB_ID.fullmatch(port):
+        return port
+    raise ParityError(f"--port {port!r}: no such folder, and not a hub id (ORG/NAME, e.g. facebook/sam-vit-base)")
+
+
 def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
              on_progress: Progress, mutation: Mutation | None = None, save: bool = True,
              all_modules: bool = False, transformers: str | None = None) -> ParityReport:
-    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports. `transformers`
-    picks another transformers release for the port environment (default: the pinned one)."""
+    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports. OUT is locked for
+    the run; when the registry knows the dump's recipe id, its tolerances travel along so the report names every
+    capture the dump's own recipe judges more loosely. `transformers` picks another transformers release for the port
+    environment (default: the pinned one)."""
     env = port_env(transformers)
+    out = Path(out).expanduser().resolve()
+    port = resolve_port(port) if port is not None else None
+    local = Path(port) if port is not None and Path(port).is_absolute() else None
     backend.prepare(env, on_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    clear_stale(out)
-    request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
-                          all_modules=all_modules, mutate=mutation)
-    on_progress(f"port side in the {env} environment")
-    response = backend.run(env, request, log=out / "logs" / "port.log", on_progress=on_progress)
-    report = load_model(ParityReport, response.report)
-    write_reports(report, out)
-    return report
+    with output_lock(out):
+        clear_stale(out, keep=local)
+        manifest = load_model(DumpManifest, dump_dir / "manifest.json")
+        registry = all_recipes().get(manifest.recipe.id)
+        request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
+                              all_modules=all_modules, mutate=mutation,
+                              registry_tolerance=registry.tolerance if registry else None,
+                              registry_recipe_hash=registry.recipe_hash() if registry else None)
+        on_progress(f"port side in the {env} environment")
+        response = backend.run(env, request, log=out / "logs" / "port.log", on_progress=on_progress)
+        report = load_model(ParityReport, response.report)
+        write_reports(report, out)
+        return report
 
 
 def convert(recipe: Recipe, backend: Backend, out_root: Path, *, checkpoint: Path | None = None,
             sha256: str | None = None, device: str = "cpu", threads: int = 1,
             on_progress: Progress = lambda _m: None, all_modules: bool = False) -> ParityReport:
     out = out_root / recipe.id
-    out.mkdir(parents=True, exist_ok=True)
-    clear_stale(out, "dump")
-    dump_dir = make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device,
-                         threads=threads, on_progress=on_progress, all_modules=all_modules)
-    return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress,
-                    all_modules=all_modules)
+    with output_lock(out):
+        clear_stale(out, "dump")
+        dump_dir = make_dump(recipe, backend, out, checkpoint=checkpoint, sha256=sha256, device=device,
+                             threads=threads, on_progress=on_progress, all_modules=all_modules)
+        return run_diff(dump_dir, backend, out, port=None, device=device, threads=threads, on_progress=on_progress,
+                        all_modules=all_modules)
 
 
 def recheck_folder(out: Path, transformers: str | None) -> Path:
@@ -154,14 +231,12 @@ def run_mutations(dump_dir: Path, backend: Backend, out: Path, mutations: list[M
                   threads: int, on_progress: Progress) -> list[MutationResult]:
     """Run a list of weight corruptions against one dump in one port process; returns what parity concluded (also
     written to OUT/mutations.json)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mutations.json").unlink(missing_ok=True)
-    request = PortRequest(dump=dump_dir, out=out, device=device, threads=threads, mutations=mutations)
-    results = backend.run(PORT_ENV, request, log=out / "logs" / "mutations.log", on_progress=on_progress).mutations
-    tmp = out / ".mutations.json.tmp"
-    tmp.write_text(json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
-    tmp.replace(out / "mutations.json")
-    return results
+    with output_lock(out):
+        (out / "mutations.json").unlink(missing_ok=True)
+        request = PortRequest(dump=dump_dir, out=out, device=device, threads=threads, mutations=mutations)
+        results = backend.run(PORT_ENV, request, log=out / "logs" / "mutations.log", on_progress=on_progress).mutations
+        write_text(out / "mutations.json", json.dumps([r.model_dump(mode="json") for r in results], indent=2) + "\n")
+        return results
 
 
 def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: list[str], *,
@@ -177,26 +252,26 @@ def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: l
     if unknown:
         raise ParityError(f"{recipe.id}: unknown origin {unknown[0]!r} (this family has: {', '.join(known)}, or all)")
     root = out_root / recipe.id
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "origins.json").unlink(missing_ok=True)
-    (root / "origins.md").unlink(missing_ok=True)
-    for origin in origins:
-        backend.prepare(origin, on_progress)
-    resolved = resolve(recipe, checkpoint, sha256)
-    if resolved.needs_generation:
-        on_progress(f"generating the tiny original checkpoint in {recipe.origin}")
-        generate_checkpoint(recipe, backend, resolved.path, on_progress, log=root / "logs" / "generate.log")
-        resolved = ResolvedCheckpoint(resolved.path, resolved.source)
-    reports, dumps = [], {}
-    for origin in origins:
-        variant = recipe.model_copy(update={"origin": origin})
-        out = root / origin
-        out.mkdir(parents=True, exist_ok=True)
-        clear_stale(out, "dump")
-        dumps[origin] = make_dump(variant, backend, out, checkpoint=None, sha256=None, device=device, threads=threads,
-                                  on_progress=on_progress, all_modules=all_modules, resolved=resolved)
-        reports.append(run_diff(dumps[origin], backend, out, port=None, device=device, threads=threads,
-                                on_progress=on_progress, all_modules=all_modules))
-    if len(origins) > 1:
-        compare_origins(recipe, dumps, reports, root)
-    return reports
+    with output_lock(root):
+        (root / "origins.json").unlink(missing_ok=True)
+        (root / "origins.md").unlink(missing_ok=True)
+        for origin in origins:
+            backend.prepare(origin, on_progress)
+        resolved = resolve(recipe, checkpoint, sha256)
+        if resolved.needs_generation:
+            _generate_cached(recipe, backend, resolved.path, on_progress, root / "logs" / "generate.log")
+            resolved = ResolvedCheckpoint(resolved.path, resolved.source)
+        reports, dumps = [], {}
+        for origin in origins:
+            variant = recipe.model_copy(update={"origin": origin})
+            out = root / origin
+            with output_lock(out):
+                clear_stale(out, "dump")
+                dumps[origin] = make_dump(variant, backend, out, checkpoint=None, sha256=None, device=device,
+                                          threads=threads, on_progress=on_progress, all_modules=all_modules,
+                                          resolved=resolved)
+                reports.append(run_diff(dumps[origin], backend, out, port=None, device=device, threads=threads,
+                                        on_progress=on_progress, all_modules=all_modules))
+        if len(origins) > 1:
+            compare_origins(recipe, dumps, reports, root)
+        return reports

@@ -77,10 +77,13 @@ def all_recipes() -> dict[str, Recipe]:
 
 
 def select(selector: str | None) -> list[Recipe]:
-    """An exact id, or every id starting with the selector; unknown selectors are a one-line error."""
+    """An exact id, or every id starting with the selector (None: every variant); unknown or empty selectors are a
+    one-line error."""
     recipes = all_recipes()
-    if not selector:
+    if selector is None:
         return list(recipes.values())
+    if not selector.strip():
+        raise ParityError("empty variant selector: give an id or a prefix (see `parity list`)")
     # ids are lower case by the Recipe pattern; published names are not always (mask2former-swin-base-IN21k-...)
     selector = selector.lower()
     if selector in recipes:

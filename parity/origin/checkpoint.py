@@ -31,7 +31,14 @@ def load_state_dict_file(path: Path, what: str = "checkpoint", *, mmap: bool = T
 
 
 def check_strict_load(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    """Load like the original loader does (strict), but report missing/unexpected keys in one line."""
+    """Load like the original loader does (strict), but report missing/unexpected keys and shape mismatches (a
+    checkpoint of another variant) in one line."""
+    expected = module.state_dict()
+    mismatched = [f"{k} {list(v.shape)} vs {list(expected[k].shape)}" for k, v in state_dict.items()
+                  if k in expected and v.shape != expected[k].shape]
+    if mismatched:
+        raise ParityError(f"checkpoint {path} does not fit the original model (another variant?): shape mismatch "
+                          f"(checkpoint vs model) {_short(mismatched)}")
     result = module.load_state_dict(state_dict, strict=False)
     problems = []
     if result.missing_keys:

@@ -21,6 +21,7 @@ from parity.contracts.manifests import (
 )
 from parity.contracts.recipe import Recipe
 from parity.origin.capture import CaptureLog
+from parity.runtime.protocol import progress
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -56,6 +57,7 @@ def write_dump(
         _save_tensors(references.tensors, staging / "reference.safetensors")
         if modules is not None:
             _save_tensors(modules.tensors, staging / "modules.safetensors")
+        progress("dump: tensors written, writing the manifest")
         raw_entries = []
         for name, source in raw_files.items():
             shutil.copyfile(source, staging / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -31,9 +32,13 @@ def generate(request: GenerateRequest) -> GenerateResponse:
     if request.recipe.checkpoint.generate is None:
         raise ParityError(f"{request.recipe.id}: generate needs a recipe with checkpoint.generate (a seed)")
     out = request.out
-    tmp = out.with_name(f".{out.name}.tmp")
+    if out.is_dir():
+        raise ParityError(f"{out} is a folder; generate writes one checkpoint file")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
+        progress("generate: building the original model and re-drawing every tensor")
         origin_module(request.recipe).generate_checkpoint(request.recipe, tmp)
+        progress("generate: checkpoint written to a temp file, moving it into place")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -51,7 +56,7 @@ def dump(request: DumpRequest) -> DumpResponse:
     determinism = set_determinism(request.device, request.threads)
     progress("loading the original checkpoint with the original code")
     model, state_dict = origin.load_original(recipe, request.checkpoint)
-    with tempfile.TemporaryDirectory() as staging:
+    with tempfile.TemporaryDirectory(prefix=f"parity-step-{os.getpid()}-") as staging:
         images, files = raw_images(recipe, Path(staging), request.fixtures)
         progress("running the original forward with captures")
         recorder = ModuleRecorder(model) if request.all_modules else None

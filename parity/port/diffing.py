@@ -10,8 +10,15 @@ import torch
 
 from parity.contracts.metrics import compare
 from parity.contracts.recipe import TolerancePolicy
-from parity.contracts.report import CaptureResult, Heatmap, ProcessorResult
-from parity.contracts.tolerance import Tolerance, resolve
+from parity.contracts.report import (
+    CaptureResult,
+    Heatmap,
+    NonfiniteFinding,
+    NonfiniteWhere,
+    ProcessorResult,
+    ToleranceWidening,
+)
+from parity.contracts.tolerance import Tolerance, nonfinite_allowance, resolve, widenings
 from parity.port.dump import Dump
 from parity.runtime.tensors import to_numpy
 
@@ -26,15 +33,33 @@ class Judge:
     policy: TolerancePolicy
     device: str
     dtype: str = "float32"
+    registry: TolerancePolicy | None = None
+    """The registry's policy for the dump's recipe id, when the registry knows it (to flag a widened tolerance)."""
 
     @classmethod
-    def for_dump(cls, dump: Dump, port_device: str) -> Judge:
+    def for_dump(cls, dump: Dump, port_device: str, registry: TolerancePolicy | None = None) -> Judge:
         origin_device = dump.manifest.environment.device
         device = "cuda" if "cuda" in (origin_device.split(":")[0], port_device.split(":")[0]) else "cpu"
-        return cls(dump.recipe.tolerance, device, dump.manifest.determinism.dtype)
+        return cls(dump.recipe.tolerance, device, dump.manifest.determinism.dtype, registry)
 
     def tolerance(self, name: str) -> Tolerance:
         return resolve(self.policy, name, device=self.device, dtype=self.dtype)
+
+    def widened(self, names: list[str], judged: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                ) -> list[ToleranceWidening]:
+        """Names the dump's recipe judges more loosely than the registry's, each with the verdict the registry's
+        tolerance gives (`judged`: name -> (origin, port) arrays of the compared pairs)."""
+        if self.registry is None:
+            return []
+        found = widenings(self.policy, self.registry, names, device=self.device, dtype=self.dtype)
+        for widening in found:
+            if widening.name in judged:
+                origin, port = judged[widening.name]
+                strict = resolve(self.registry, widening.name, device=self.device, dtype=self.dtype)
+                widening.verdict_under_registry = compare(widening.name, 0, origin, port, strict.atol, strict.rtol,
+                                                          nonfinite=strict.nonfinite).verdict
+        # the captures whose verdict the widening changed come first
+        return sorted(found, key=lambda w: w.verdict_under_registry in (None, "pass"))
 
 
 def diff_captures(judge: Judge, dump: Dump, captured: Captured) -> list[CaptureResult]:
@@ -44,8 +69,24 @@ def diff_captures(judge: Judge, dump: Dump, captured: Captured) -> list[CaptureR
         port_name, tensor = captured.get(entry.name, (None, None))
         results.append(compare(entry.name, entry.execution_index, to_numpy(dump.references[entry.name]),
                                None if tensor is None else to_numpy(tensor), tol.atol, tol.rtol,
-                               port_name=port_name, reason=tol.reason))
+                               port_name=port_name, reason=tol.reason, nonfinite=tol.nonfinite))
     return results
+
+
+def judged_pairs(dump: Dump, captured: Captured) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """(origin, port) arrays of every reference, for re-judging under another tolerance."""
+    return {name: (to_numpy(ref), None if name not in captured else to_numpy(captured[name][1]))
+            for name, ref in dump.references.items()}
+
+
+def _abs_difference(origin: np.ndarray, port: np.ndarray) -> np.ndarray:
+    """|port - origin|, 0 where both hold the same non-finite value, inf where only one side is non-finite."""
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(port - origin)
+    same = (origin == port) | (np.isnan(origin) & np.isnan(port))
+    diff[~np.isfinite(diff)] = np.inf
+    diff[same & ~np.isfinite(origin)] = 0.0
+    return diff
 
 
 def heatmap(dump: Dump, captured: Captured, results: list[CaptureResult], cells: int = 48) -> Heatmap | None:
@@ -55,7 +96,7 @@ def heatmap(dump: Dump, captured: Captured, results: list[CaptureResult], cells:
         return None
     worst = max(candidates, key=lambda r: (r.verdict != "pass", r.atol_needed))
     origin = to_numpy(dump.references[worst.name]).astype(np.float64)
-    diff = np.abs(to_numpy(captured[worst.name][1]).astype(np.float64).reshape(origin.shape) - origin)
+    diff = _abs_difference(origin, to_numpy(captured[worst.name][1]).astype(np.float64).reshape(origin.shape))
     grid = diff.reshape(-1, diff.shape[-1]) if diff.ndim >= 2 else diff.reshape(1, -1)
     rows = -(-grid.shape[0] // cells)
     cols = -(-grid.shape[1] // cells)
@@ -63,21 +104,62 @@ def heatmap(dump: Dump, captured: Captured, results: list[CaptureResult], cells:
     padded[: grid.shape[0], : grid.shape[1]] = grid
     blocks = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).max(axis=(1, 3))
     return Heatmap(capture=worst.name, shape=list(blocks.shape), source_shape=list(origin.shape),
-                   values=[[float(v) for v in row] for row in blocks])
+                   values=[[float(v) if np.isfinite(v) else None for v in row] for row in blocks])
 
 
-def processor_verdict(judge: Judge, family, recipe, processor, dump: Dump) -> ProcessorResult:
+def processor_verdict(judge: Judge, family, recipe, processor, dump: Dump
+                      ) -> tuple[ProcessorResult, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The HF processor on the raw inputs vs the original preprocessing; reported beside, never instead of, the model
-    verdict (an exception in the family's checks becomes an 'error' processor verdict)."""
+    verdict (an exception in the family's checks becomes an 'error' processor verdict). Also returns the compared
+    (original, port) arrays by check name."""
     try:
         checks, note = family.processor_checks(recipe, processor, dump)
     except Exception as exc:  # the processor is reported on, it never hides the model verdict
         return ProcessorResult(processor=type(processor).__name__, verdict="error", checks=[],
-                               note=f"{type(exc).__name__}: {exc}")
-    results = []
+                               note=f"{type(exc).__name__}: {exc}"), {}
+    results, pairs = [], {}
     for index, (name, port_name, origin, port) in enumerate(checks):
         tol = judge.tolerance(name)
-        results.append(compare(name, index, to_numpy(origin), to_numpy(port), tol.atol, tol.rtol,
-                               port_name=port_name, reason=tol.reason))
+        pairs[name] = (to_numpy(origin), to_numpy(port))
+        results.append(compare(name, index, *pairs[name], tol.atol, tol.rtol, port_name=port_name, reason=tol.reason,
+                               nonfinite=tol.nonfinite))
     verdict = "pass" if all(r.verdict == "pass" for r in results) else "fail"
-    return ProcessorResult(processor=note["processor"], verdict=verdict, checks=results, note=note.get("note"))
+    return ProcessorResult(processor=note["processor"], verdict=verdict, checks=results, note=note.get("note")), pairs
+
+
+def nonfinite_counts(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, set[str]]]:
+    """{name: (non-finite elements, which of nan / inf / -inf)} for every floating tensor holding any."""
+    found = {}
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        kinds = {kind for kind, mask in (("nan", torch.isnan(tensor)), ("inf", torch.isposinf(tensor)),
+                                         ("-inf", torch.isneginf(tensor))) if bool(mask.any())}
+        found[name] = (int(finite.numel() - finite.sum()), kinds)
+    return found
+
+
+def nonfinite_findings(judge: Judge, where: NonfiniteWhere, tensors: dict[str, torch.Tensor]) -> list[NonfiniteFinding]:
+    """NaN/Inf in a set of tensors (weights, dump inputs); declared only when the recipe allows every kind found."""
+    findings = []
+    for name, (count, kinds) in nonfinite_counts(tensors).items():
+        allowance = nonfinite_allowance(judge.policy, name)
+        declared = allowance.reason if allowance and kinds <= set(allowance.values) else None
+        findings.append(NonfiniteFinding(where=where, name=name, count=count, declared=declared))
+    return findings
+
+
+def capture_findings(results: list[CaptureResult], origin_side: NonfiniteWhere, port_side: NonfiniteWhere
+                     ) -> list[NonfiniteFinding]:
+    """NaN/Inf counted by the comparisons: declared when the capture's declaration held (same positions, allowed
+    kinds); a 'nonfinite' verdict is undeclared."""
+    findings = []
+    for r in results:
+        declared = r.nonfinite_reason if r.verdict != "nonfinite" else None
+        for where, count in ((origin_side, r.nonfinite_origin), (port_side, r.nonfinite_port)):
+            if count:
+                findings.append(NonfiniteFinding(where=where, name=r.name, count=count, declared=declared))
+    return findings

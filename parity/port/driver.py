@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from parity.contracts.conversion import ConversionRecord
 from parity.contracts.errors import ParityError
 from parity.contracts.family import PortModule, load_half
 from parity.contracts.io import write_model
@@ -15,7 +16,16 @@ from parity.contracts.mutations import Mutation
 from parity.contracts.recipe import Recipe
 from parity.contracts.report import CaptureResult, MutationResult, ParityReport
 from parity.contracts.steps import PortRequest, PortResponse
-from parity.port.diffing import Captured, Judge, diff_captures, heatmap, processor_verdict
+from parity.port.diffing import (
+    Captured,
+    Judge,
+    capture_findings,
+    diff_captures,
+    heatmap,
+    judged_pairs,
+    nonfinite_findings,
+    processor_verdict,
+)
 from parity.port.dump import Dump
 from parity.port.hooks import ModuleOutputs
 from parity.port.model import build_converted_model, conversion_record, load_existing, save_port
@@ -58,7 +68,7 @@ def run(request: PortRequest) -> PortResponse:
     if request.all_modules and not dump.manifest.modules:
         raise ParityError(f"{dump.folder} has no module captures: dump again with --all-modules")
     family = port_module(recipe)
-    judge = Judge.for_dump(dump, request.device)
+    judge = Judge.for_dump(dump, request.device, request.registry_tolerance)
     processor = family.build_processor(recipe)
     if request.mutations:
         state = dump.state_dict()
@@ -67,12 +77,18 @@ def run(request: PortRequest) -> PortResponse:
             progress(f"mutation {index + 1}/{len(request.mutations)}: {mutation.label()}")
             results.append(_mutation_result(family, recipe, state, processor, dump, judge, request.device, mutation))
         return PortResponse(mutations=results)
-    report = _report(request, dump, family, judge, processor)
+    report, record = _report(request, dump, family, judge, processor)
+    # report.json is written last: a conversion.json or hf/ without it is an interrupted run's (swept at the next start)
+    if record is not None:
+        write_model(record, request.out / "conversion.json")
     write_model(report, request.out / "report.json")
     return PortResponse(report=request.out / "report.json", verdict=report.verdict)
 
 
-def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, processor) -> ParityReport:
+def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, processor
+            ) -> tuple[ParityReport, ConversionRecord | None]:
+    """The report and the conversion record (when one was made); the converted model is saved (hf/) only when the
+    run reached a verdict."""
     recipe = dump.recipe
     started = time.perf_counter()
     durations: dict[str, float] = {}
@@ -80,18 +96,21 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
                  dump_producer=dump.manifest.producer, port=request.port or "converted", device=request.device,
                  origin_environment=dump.manifest.environment,
                  port_environment=environment_record(request.device, PORT_PACKAGES),
-                 checkpoint_sha256=dump.manifest.checkpoint.sha256)
+                 checkpoint_sha256=dump.manifest.checkpoint.sha256, registry_recipe_hash=request.registry_recipe_hash)
     request.out.mkdir(parents=True, exist_ok=True)
     record = None
     try:
         if request.port is None:
             progress("converting the original state dict (strict accounting)")
-            model, record = build_converted_model(family, recipe, dump.state_dict(), request.mutate)
-            write_model(record, request.out / "conversion.json")
+            state = dump.state_dict()
+            findings = nonfinite_findings(judge, "weight", state)
+            model, record = build_converted_model(family, recipe, state, request.mutate)
             if model is None:
                 raise ParityError(record.error_line())
         else:
-            model = load_existing(recipe, request.port)
+            model = load_existing(recipe, request.local_port() or request.port)
+            findings = nonfinite_findings(judge, "weight", model.state_dict())
+        findings += nonfinite_findings(judge, "input", dump.inputs)
         durations["convert"] = time.perf_counter() - started
         progress("running the port on the origin's inputs")
         t0 = time.perf_counter()
@@ -104,18 +123,24 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
         durations["forward"] = time.perf_counter() - t0
         extra = {}
         if recorder is not None:
-            if record is None:
-                record = conversion_record(family, recipe, model, dump.state_dict())
-            modules, extra["unpaired"] = diff_modules(judge, dump, record, recorder.outputs)
+            module_record = record or conversion_record(family, recipe, model, dump.state_dict())
+            modules, extra["unpaired"] = diff_modules(judge, dump, module_record, recorder.outputs)
             extra["modules"] = sorted(modules, key=lambda r: r.execution_index)
             # A shape mismatch between derived pairs means the two modules are called differently (e.g. SAM's
             # shared positional-encoding layer), not that a weight is wrong: it is shown, not chased.
             extra["module_first_divergence"] = mark_first_divergence(
                 [m for m in extra["modules"] if m.verdict != "shape-mismatch"])
-        report = ParityReport(**facts, verdict="fail" if first else "pass", first_divergence=first, captures=results,
-                              heatmap=heatmap(dump, captured, results),
-                              processor=processor_verdict(judge, family, recipe, processor, dump),
-                              conversion=record if request.port is None else None, **extra)
+        processor_result, processor_pairs = processor_verdict(judge, family, recipe, processor, dump)
+        findings += capture_findings(results, "reference", "port")
+        findings += capture_findings(processor_result.checks, "processor-original", "processor-port")
+        names = [r.name for r in results] + [c.name for c in processor_result.checks] + \
+            [f.name for f in findings if f.where == "weight"]
+        widened = judge.widened(names, {**judged_pairs(dump, captured), **processor_pairs})
+        failed = first is not None or any(f.declared is None for f in findings)
+        report = ParityReport(**facts, verdict="fail" if failed else "pass", first_divergence=first, captures=results,
+                              heatmap=heatmap(dump, captured, results), processor=processor_result,
+                              conversion=record if request.port is None else None, nonfinite=findings,
+                              tolerance_widened=widened, **extra)
         if request.save and request.port is None and request.mutate is None:
             progress("saving the converted model (save_pretrained)")
             t0 = time.perf_counter()
@@ -125,4 +150,4 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
         report = ParityReport(**facts, verdict="error", error=str(exc), conversion=record)
     durations["total"] = time.perf_counter() - started
     report.durations = durations
-    return report
+    return report, record

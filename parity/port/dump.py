@@ -1,5 +1,8 @@
 """Reading a dump folder on the port side: the manifest validated, every tensor checked against its sha256 as it is
-read (a reference edited on disk is refused, never compared)."""
+read (a reference edited on disk is refused, never compared).
+
+When: inputs, references and raw input files when the Dump is opened; the state dict (one hash of the whole file)
+each time it is read; module outputs (--all-modules) when they are read."""
 
 from __future__ import annotations
 
@@ -41,6 +44,11 @@ class Dump:
         self.recipe: Recipe = self.manifest.recipe
         self.inputs = self._verified("inputs.safetensors", self.manifest.inputs, "input")
         self.references = self._verified("reference.safetensors", self.manifest.references, "reference")
+        for entry in self.manifest.raw_inputs:
+            path = self.folder / entry.name
+            if not path.is_file() or sha256_file(path) != entry.sha256:
+                raise ParityError(f"{path} is missing or does not match the sha256 in its manifest (edited or "
+                                  "corrupted dump)")
 
     def _verified(self, file: str, entries: list[TensorEntry], label: str) -> dict[str, torch.Tensor]:
         path = self.folder / file
@@ -67,9 +75,7 @@ class Dump:
     def raw_image(self, name: str = "image"):
         from PIL import Image
 
-        entry = next((e for e in self.manifest.raw_inputs if e.name == f"{name}.png"), None)
-        path = self.folder / f"{name}.png"
-        if entry is None or not path.is_file() or sha256_file(path) != entry.sha256:
-            raise ParityError(f"{path} is missing or does not match the sha256 in its manifest")
-        return Image.open(path).convert("RGB")
+        if not any(e.name == f"{name}.png" for e in self.manifest.raw_inputs):
+            raise ParityError(f"{self.folder}: the manifest lists no raw input {name}.png")
+        return Image.open(self.folder / f"{name}.png").convert("RGB")
 

@@ -13,9 +13,11 @@ from parity.contracts.conversion import ConversionRecord
 from parity.contracts.errors import ParityError
 from parity.contracts.family import PortModule
 from parity.contracts.mutations import Mutation
+from parity.contracts.paths import safetensors_only_problem
 from parity.contracts.recipe import Recipe
 from parity.port.mutations import apply_mutation
 from parity.port.rules import convert_state_dict
+from parity.runtime.protocol import progress
 
 
 def model_class(recipe: Recipe):
@@ -82,6 +84,7 @@ def save_port(model, processor, out: Path) -> None:
     try:
         model.save_pretrained(staging)
         if processor is not None:
+            progress("saving the processor")
             processor.save_pretrained(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -91,9 +94,16 @@ def save_port(model, processor, out: Path) -> None:
         raise
 
 
-def load_existing(recipe: Recipe, port: str):
-    """An existing port (save_pretrained folder or hub id), loaded as transformers loads it."""
+def load_existing(recipe: Recipe, port: str | Path):
+    """An existing port (a save_pretrained folder as a Path, or a hub id), loaded as transformers loads it but from
+    safetensors only: the port side never unpickles, so a folder holding only pytorch_model.bin is refused."""
+    if isinstance(port, Path):
+        if not port.is_dir():
+            raise ParityError(f"port folder not found: {port}")
+        problem = safetensors_only_problem(port)
+        if problem:
+            raise ParityError(problem)
     try:
-        return model_class(recipe).from_pretrained(port).eval()
-    except OSError as exc:
-        raise ParityError(f"cannot load port {port!r}: {str(exc).splitlines()[0]}") from None
+        return model_class(recipe).from_pretrained(str(port), use_safetensors=True).eval()
+    except (OSError, ValueError) as exc:
+        raise ParityError(f"cannot load port {str(port)!r}: {str(exc).splitlines()[0]}") from None

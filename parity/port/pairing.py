@@ -83,7 +83,8 @@ def diff_modules(judge: Judge, dump: Dump, record: ConversionRecord, port_output
         origin = to_numpy(origin_outputs[src])
         port, note = adapt_layout(origin, to_numpy(port_outputs[tgt]))
         tol = judge.tolerance(src)
-        result = compare(src, order[src], origin, port, tol.atol, tol.rtol, port_name=tgt, reason=tol.reason)
+        result = compare(src, order[src], origin, port, tol.atol, tol.rtol, port_name=tgt, reason=tol.reason,
+                         nonfinite=tol.nonfinite)
         result.note = note
         results.append(result)
     unpaired = [f"original {name}" for name in origin_outputs if name not in paired_origin]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +17,24 @@ from parity.contracts.steps import ERROR_MARKER, PROGRESS_MARKER, REQUESTS, RESP
 
 Handler = Callable[[BaseModel], BaseModel]
 
+STALL_AT = "PARITY_TEST_STALL_AT"
+"""Fault injection for the reliability suite (tests/test_reliability.py): a step stops for good right after reporting
+a progress message that starts with this variable's value, so a test can kill -9 the host at a known point."""
+
 
 def progress(message: str) -> None:
     print(f"{PROGRESS_MARKER}{message}", file=sys.stderr, flush=True)
+    stall = os.environ.get(STALL_AT)
+    if stall and message.startswith(stall):
+        while True:
+            time.sleep(60)
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line: torch's multi-line errors ("Error(s) in loading state_dict for Sam:" then
+    one line per key) keep their substance."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def serve(side: str, handlers: dict[str, Handler], argv: list[str] | None = None) -> int:
@@ -39,8 +56,7 @@ def serve(side: str, handlers: dict[str, Handler], argv: list[str] | None = None
         return 2
     except Exception as exc:  # an unexpected failure still ends in one line the host can show
         traceback.print_exc()
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"{ERROR_MARKER}{type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        print(f"{ERROR_MARKER}{type(exc).__name__}: {one_line(exc)}", file=sys.stderr, flush=True)
         return 3
     print(f"{RESPONSE_MARKER}{response.model_dump_json()}", file=sys.stderr, flush=True)
     return 0
