@@ -597,17 +597,23 @@ def test_damaged_cached_fixture_import_is_imported_again(tmp_path):
 # --------------------------------------------------------------------------------------------- existing ports
 
 def test_reverifying_a_saved_port_with_the_default_out_keeps_it(tiny_run, tmp_path):
-    """`parity diff --dump out/X/dump --port out/X/hf` (default --out: out/X): the model is re-verified, not deleted."""
+    """`parity diff --dump out/X/dump --port out/X/hf` (default --out: out/X/recheck/transformers-<pinned>): the model
+    is re-verified, not deleted, and the conversion's own report stays as it was."""
+    from parity.host.pipeline import PORT_ENV, recheck_folder
+
     shutil.copytree(tiny_run, tmp_path / "out" / VARIANT)
     folder = tmp_path / "out" / VARIANT
     model = snapshot(folder / "hf")
     conversion = (folder / "conversion.json").read_bytes()
+    converted_report = (folder / "report.json").read_bytes()
     result = parity("diff", "--dump", f"out/{VARIANT}/dump", "--port", f"out/{VARIANT}/hf", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert snapshot(folder / "hf") == model
     assert (folder / "conversion.json").read_bytes() == conversion
-    report = read_json(folder / "report.json")
+    assert (folder / "report.json").read_bytes() == converted_report
+    report = read_json(recheck_folder(folder, None) / "report.json")
     assert report["verdict"] == "pass" and report["port"] == str(folder / "hf")
+    assert PORT_ENV == "transformers"
 
 
 def test_port_path_that_does_not_exist_is_not_a_hub_id(tiny_run, tmp_path):
