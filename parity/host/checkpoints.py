@@ -45,6 +45,10 @@ def resolve(recipe: Recipe, user_path: Path | None = None, expected_sha256: str 
         return ResolvedCheckpoint(path, f"file {path}")
     if expected_sha256:
         raise ParityError("--sha256 checks a --checkpoint file; give both")
+    if source.kind == "file":
+        if not source.filename:
+            raise ParityError(f"{recipe.id} takes its checkpoint from your file: pass --checkpoint PATH")
+        return resolve(recipe, Path(source.filename))
     if source.kind == "fixture":
         path = fixtures_dir() / source.fixture / source.filename
         if not path.is_file():

@@ -15,11 +15,18 @@ from parity.contracts.mutations import Mutation
 from parity.contracts.paths import fixtures_dir
 from parity.contracts.recipe import Recipe
 from parity.contracts.report import MutationResult, ParityReport
-from parity.contracts.steps import DumpRequest, GenerateRequest, ImportFixtureRequest, PortRequest
+from parity.contracts.steps import (
+    DumpRequest,
+    GenerateRequest,
+    ImportFixtureRequest,
+    PortRequest,
+    RecipeRequest,
+    RecipeSource,
+)
 from parity.host.backends import Backend, Progress
 from parity.host.checkpoints import ResolvedCheckpoint, resolve
 from parity.host.envs import cache_dir
-from parity.host.registry import family_of, recipe_for_fixture
+from parity.host.registry import family_named, family_of, recipe_for_fixture
 from parity.host.render import write_reports
 
 PORT_ENV = "transformers"
@@ -27,7 +34,7 @@ STALE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.jso
 
 
 def _reads_fixtures(recipe: Recipe) -> bool:
-    return any(image.kind == "fixture-file" for image in recipe.inputs.images)
+    return any(image.kind == "fixture-file" for image in recipe.inputs.images) or bool(recipe.spec.fixture_folders())
 
 
 def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
@@ -55,10 +62,28 @@ def make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path |
     return backend.run(recipe.origin, request, log=logs / "dump.log", on_progress=on_progress).dump
 
 
-def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress) -> Path:
+def fixture_recipe_of(fixture: Path, recipe: Recipe | None = None) -> Recipe:
+    """The recipe that reproduces a fixture folder: the one given (--recipe), else the folder's own recipe file, else
+    the registry's recipe for the fixture's name."""
+    if recipe is not None:
+        return recipe
+    from parity.host.recipefiles import fixture_recipe
+
+    own = fixture_recipe(fixture)
+    if own is not None:
+        return own
+    try:
+        name = json.loads((fixture / "fixture.json").read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ParityError(f"{fixture / 'fixture.json'} is not a fixture description (no 'name')") from None
+    return recipe_for_fixture(name)
+
+
+def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress,
+                   recipe: Recipe | None = None) -> Path:
     """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes)."""
     meta = fixture / "fixture.json"
-    recipe = recipe_for_fixture(json.loads(meta.read_text())["name"])
+    recipe = fixture_recipe_of(fixture, recipe)
     key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
     dump_dir = cache / "dumps" / f"fixture-{fixture.name}-{key}"
     if (dump_dir / "manifest.json").is_file():
@@ -81,12 +106,13 @@ def clear_stale(out: Path, *extra: str) -> None:
 
 def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
              on_progress: Progress, mutation: Mutation | None = None, save: bool = True,
-             all_modules: bool = False) -> ParityReport:
-    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports."""
+             all_modules: bool = False, recipe: Recipe | None = None) -> ParityReport:
+    """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports. `recipe` replaces
+    the dump's own for porting and judging (it must describe the same original computation)."""
     out.mkdir(parents=True, exist_ok=True)
     clear_stale(out)
     request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
-                          all_modules=all_modules, mutate=mutation)
+                          all_modules=all_modules, mutate=mutation, recipe=recipe)
     response = backend.run(PORT_ENV, request, log=out / "logs" / "port.log", on_progress=on_progress)
     report = load_model(ParityReport, response.report)
     write_reports(report, out)
@@ -155,3 +181,27 @@ def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: l
     if len(origins) > 1:
         compare_origins(recipe, dumps, reports, root)
     return reports
+
+
+def new_recipe(source: RecipeSource, backend: Backend, on_progress: Progress) -> tuple[Recipe, list[str]]:
+    """`parity recipe new`: the origin environment reads the original's configuration with the original tooling
+    (families whose configuration is plain constructor arguments make the recipe here), then the recipe and notes on
+    what the configuration did not say."""
+    from pydantic import ValidationError
+
+    from parity.contracts.family import recipes_module
+    from parity.contracts.io import validation_message
+
+    family = family_named(source.family)
+    if family.reads_configuration == "host":
+        if source.checkpoint is not None or source.config is not None:
+            raise ParityError(f"{source.family} recipes come from constructor arguments (--arg key=value); check a "
+                              "checkpoint against the recipe with `parity dump --recipe FILE --checkpoint PATH`")
+        try:
+            return recipes_module(source.family).new_recipe(source, dict(source.arguments)), []
+        except ValidationError as exc:
+            raise ParityError(f"the recipe made from the arguments is invalid: {validation_message(exc)}") from None
+    backend.prepare(source.origin, on_progress)
+    response = backend.run(source.origin, RecipeRequest(source=source),
+                           log=cache_dir() / "logs" / f"recipe-{source.id}.log", on_progress=on_progress)
+    return response.recipe, response.notes

@@ -67,7 +67,7 @@ def original_config(
     }
 
 
-def _inputs(img_size: int, interp_size: int, seed: int) -> InputSpec:
+def interpolation_inputs(img_size: int, interp_size: int, seed: int) -> InputSpec:
     """One image at the model resolution, one at another resolution (position-embedding interpolation)."""
     return InputSpec(images=[
         ImageSpec(kind="synthetic", name="image", seed=seed, height=img_size, width=img_size),
@@ -86,7 +86,7 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, inte
                                     container=CONTAINER, filename=filename),
         original_config=original_config(**config),
         hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
-        inputs=_inputs(224, interp_size, seed=21),
+        inputs=interpolation_inputs(224, interp_size, seed=21),
     )
 
 
@@ -115,7 +115,7 @@ TINY = Recipe(
     original_config=original_config(factory="deit_small", embed_dim=48, depth=3, num_heads=3, patch_size=16,
                                     img_size=64, hidden_dim=64, output_dim=32, num_proto=16),
     hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
-    inputs=_inputs(64, 96, seed=33),
+    inputs=interpolation_inputs(64, 96, seed=33),
 )
 
 
