@@ -131,6 +131,23 @@ TINY = Recipe(
     spec=ClipSegSpec(texts=["a jar", "wood", "a photo of a cat"]),
 )
 
+TINY_LAYERS = Recipe(
+    id="clipseg-tiny-random-layers",
+    family="clipseg",
+    origin="clipseg",
+    description="tiny CLIPSeg whose decoder reads vision layers 2 and 4 of 6 (extract_layers not starting at 1, so "
+                "the returned activations are layers 0, 2, 4), FiLM after the second block, rd16",
+    tiny=True,
+    checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=52), container=CONTAINER),
+    original_config=original_config(
+        clip_config(vision_layers=6, transformer_width=128, transformer_layers=2),
+        {**decoder_config(reduce_dim=16, complex_trans_conv=False, extract_layers=[2, 4]), "cond_layer": 1},
+        size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    hf=HFSpec(model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
+    inputs=InputSpec(images=synthetic_images(352, 54, 2)),
+    spec=ClipSegSpec(texts=["a jar", "wood"]),
+)
+
 FIXTURE_TOWER = ClipTower(kind="fixture", fixture=TOWER_FIXTURE, filename="clip_vit_b16_tiny.pt",
                           sha256="a3227b044d6bf6ed606fe481044f278bbddd083e25d9f2895cd6a8473314cb5f")
 TINY_TOWER = dict(vision_layers=3, transformer_width=128, transformer_layers=2)
@@ -173,4 +190,4 @@ FIXTURE_RECIPES: dict[str, Recipe] = {
         size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD, model_class="CLIPSegForImageSegmentation"),
 }
 
-VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY,) + tuple(FIXTURE_RECIPES.values())
+VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, TINY_LAYERS) + tuple(FIXTURE_RECIPES.values())

@@ -163,10 +163,32 @@ def _check_thing_ids(recipe: Recipe, cfg) -> None:
                           f"{cfg.DATASETS.TRAIN[0]} ({theirs[:8]}...)")
 
 
+def register_metadata(recipe: Recipe, cfg) -> None:
+    """A dataset of one's own is registered by one's training script; detectron2 knows nothing of it here. MaskFormer
+    reads its metadata (thing_dataset_id_to_contiguous_id for panoptic and instance inference), so the recipe's
+    classes are registered under DATASETS.TRAIN[0] the way detectron2's panoptic registrations do: stuff_classes lists
+    every class, thing_classes the things, both id maps keyed by the dataset's own ids. Registered datasets are left
+    as detectron2 / Mask2Former define them (and checked against the recipe)."""
+    from detectron2.data import MetadataCatalog
+
+    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    if name is None or not recipe.spec.classes or dataset_metadata(name) is not None:
+        return
+    classes = recipe.spec.classes
+    ids = [c.dataset_id if c.dataset_id is not None else i for i, c in enumerate(classes)]
+    things = [i for i, c in enumerate(classes) if c.isthing]
+    MetadataCatalog.get(name).set(
+        stuff_classes=[c.name for c in classes], thing_classes=[classes[i].name for i in things],
+        stuff_dataset_id_to_contiguous_id={ids[i]: i for i in range(len(classes))},
+        thing_dataset_id_to_contiguous_id={ids[i]: i for i in things})
+
+
 def build_original(recipe: Recipe, device: str = "cpu") -> nn.Module:
     from detectron2.modeling import build_model
 
-    model = build_model(build_cfg(recipe, device))
+    cfg = build_cfg(recipe, device)
+    register_metadata(recipe, cfg)
+    model = build_model(cfg)
     return model.eval()
 
 

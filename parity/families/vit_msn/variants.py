@@ -119,6 +119,21 @@ TINY = Recipe(
 )
 
 
+TINY_P8 = Recipe(
+    id="vit-msn-tiny-random-p8",
+    family="vit_msn",
+    origin="msn",
+    description="tiny MSN ViT with deit_small_p8's patch 8 (width 48, 3 blocks, 64 px: an 8x8 grid interpolated to "
+                "12x12 at 96 px) in MSN's container",
+    tiny=True,
+    checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=34), container=CONTAINER),
+    original_config=original_config(factory="deit_small_p8", embed_dim=48, depth=3, num_heads=3, patch_size=8,
+                                    img_size=64, hidden_dim=64, output_dim=32, num_proto=16),
+    hf=HFSpec(model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
+    inputs=interpolation_inputs(64, 96, seed=35),
+)
+
+
 def _fixture_recipe() -> Recipe:
     """The golden fixture made by upstream facebookresearch/msn (../shared/fixtures/msn-vit-tiny-p16)."""
     config = original_config(factory="deit_small", embed_dim=48, depth=3, num_heads=3, patch_size=16, img_size=64,
@@ -144,4 +159,4 @@ def _fixture_recipe() -> Recipe:
 
 
 FIXTURE_RECIPE = _fixture_recipe()
-VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, FIXTURE_RECIPE)
+VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, TINY_P8, FIXTURE_RECIPE)
