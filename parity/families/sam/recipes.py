@@ -87,7 +87,12 @@ def new_recipe(source: RecipeSource, configuration: dict[str, Any]) -> Recipe:
     if missing:
         raise ParityError(f"sam: {', '.join(missing)} unknown: give --arg builder=vit_b|vit_l|vit_h, --checkpoint, or "
                           f"--arg {missing[0]}=...")
-    build.setdefault("decoder_heads", DECODER_HEADS)
+    if "decoder_heads" not in build:
+        build["decoder_heads"] = DECODER_HEADS
+        if build.get("prompt_embed_dim", 256) // 2 % DECODER_HEADS:
+            raise ParityError(f"sam: the decoder's head count is not in the tensor shapes, and the usual "
+                              f"{DECODER_HEADS} does not divide its cross-attention width "
+                              f"{build.get('prompt_embed_dim', 256) // 2}: pass --arg decoder_heads=N")
     img_size = build.get("img_size", 1024)
     if img_size % build.get("patch_size", 16):
         raise ParityError(f"sam: img_size {img_size} is not a multiple of patch_size {build.get('patch_size', 16)}")
