@@ -83,7 +83,7 @@ def test_port_runtime_never_imports_the_origin_side_the_host_or_an_original_pack
 
 
 def test_protocol_members_are_what_the_docs_promise():
-    """docs/families.md has one table row per Protocol member, for origin.py, port.py and recipes.py, and no other rows."""
+    """docs/families.md has one table row per Protocol member (origin.py, port.py, recipes.py), and no other rows."""
     text = (ROOT / "docs" / "families.md").read_text()
     for heading, protocol in (("## origin.py", OriginModule), ("## port.py", PortModule),
                               ("## recipes.py", RecipesModule)):

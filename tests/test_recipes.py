@@ -16,7 +16,8 @@ from parity.contracts.errors import ParityError
 from parity.contracts.steps import RecipeSource
 from parity.families.clipseg.spec import check_extract_layers, decoder_layers, returned_activation_layers
 from parity.families.mask2former.config import encoder_levels, hf_values
-from parity.families.mask2former.recipes import classes_from_metadata, new_recipe as mask2former_recipe
+from parity.families.mask2former.recipes import classes_from_metadata
+from parity.families.mask2former.recipes import new_recipe as mask2former_recipe
 from parity.families.mask2former.variants import FIXTURE_RECIPES as MASK2FORMER_FIXTURES
 from parity.host.recipefiles import apply_sets, load_classes, load_recipe, validate, write_recipe
 from parity.host.registry import all_recipes
@@ -42,7 +43,7 @@ def test_a_recipe_file_round_trips(tmp_path, suffix):
 @pytest.mark.parametrize("edit,message", [
     (lambda d: d.update(colour="red"), "field 'colour': Extra inputs are not permitted"),
     (lambda d: d["checkpoint"].update(kind="ftp"), "field 'checkpoint.kind': Input should be 'url', 'generate', "),
-    (lambda d: d["inputs"]["images"][0].update(height="tall"), "field 'inputs.images.0.height': Input should be a valid"),
+    (lambda d: d["inputs"]["images"][0].update(height="tall"), "field 'inputs.images.0.height': Input should be"),
     (lambda d: d["spec"].update(prompt={}), "field 'spec.sam.prompt': Extra inputs are not permitted"),
     (lambda d: d.update(family="vit"), "Value error, spec is for family 'sam' but the recipe's family is 'vit'"),
 ])
@@ -55,6 +56,36 @@ def test_a_bad_recipe_file_is_one_line_naming_the_field(tmp_path, edit, message)
     assert message in error_line(result)
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_written_recipes_validate_against_the_exported_schema(tmp_path):
+    import jsonschema
+
+    from parity.contracts.recipe import Recipe
+
+    schema = Recipe.model_json_schema()
+    for variant in ("sam-tiny-random-global", "mask2former-tiny-random-custom-classes", "clipseg-fixture-tiny-rd16",
+                    "upernet-convnext-tiny-random-custom", "vit-msn-tiny-random-p8"):
+        write_recipe(all_recipes()[variant], tmp_path / "r.yaml")
+        jsonschema.validate(yaml.safe_load((tmp_path / "r.yaml").read_text()), schema)
+    data = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    data["spec"]["colour"] = "red"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, schema)
+
+
+def test_a_file_checkpoint_is_given_at_run_time(tmp_path):
+    from parity.host.checkpoints import resolve
+
+    recipe = apply_sets(all_recipes()["sam-tiny-random"], ["checkpoint={kind: file, container: torch-state-dict}"])
+    with pytest.raises(ParityError, match="sam-tiny-random takes its checkpoint from your file: pass --checkpoint PATH"):
+        resolve(recipe)
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"weights")
+    assert resolve(recipe, mine).path == mine
+    pinned = apply_sets(recipe, [f"checkpoint.filename={mine}", "checkpoint.sha256=" + "0" * 64])
+    with pytest.raises(ParityError, match="has sha256 .*, expected 000000"):
+        resolve(pinned)
 
 
 def test_unreadable_recipe_files_are_one_line(tmp_path):
@@ -111,7 +142,8 @@ def test_class_lists(tmp_path):
     assert [c.name for c in load_classes(tmp_path / "c.txt")] == ["soil", "crop"]
     (tmp_path / "c.yaml").write_text("- sky\n- {name: car, isthing: true, dataset_id: 3}\n")
     classes = load_classes(tmp_path / "c.yaml")
-    assert (classes[1].name, classes[1].isthing, classes[1].dataset_id) == ("car", True, 3) and classes[0].isthing is None
+    assert (classes[1].name, classes[1].isthing, classes[1].dataset_id) == ("car", True, 3)
+    assert classes[0].isthing is None
     (tmp_path / "bad.yaml").write_text("- {name: car, colour: red}\n")
     with pytest.raises(ParityError, match="class 0: field 'colour': Extra inputs"):
         load_classes(tmp_path / "bad.yaml")
@@ -167,15 +199,17 @@ def test_clipseg_pairing_follows_extract_layers():
         with pytest.raises(ValueError):
             check_extract_layers(bad, 12)
     recipe = all_recipes()["clipseg-tiny-random-layers"]
-    assert recipe.original_config["decoder"]["extract_layers"][0] != 1 and recipe.original_config["decoder"]["cond_layer"]
+    decoder = recipe.original_config["decoder"]
+    assert decoder["extract_layers"][0] != 1 and decoder["cond_layer"] == 1
     released = all_recipes()["clipseg-rd64-refined"].original_config
-    assert returned_activation_layers(released["decoder"]["extract_layers"], released["clip"]["vision_layers"]) == [0, 3, 6, 9]
+    assert returned_activation_layers(released["decoder"]["extract_layers"], released["clip"]["vision_layers"]) == [
+        0, 3, 6, 9]
 
 
 def test_a_clipseg_tower_file_must_be_absolute():
     data = all_recipes()["clipseg-tiny-random"].model_dump(mode="json")
     data["spec"]["tower"] = {"kind": "file", "path": "clip.pt"}
-    with pytest.raises(ParityError, match="field 'spec.clipseg.tower': Value error, a file tower's path must be absolute"):
+    with pytest.raises(ParityError, match="field 'spec.clipseg.tower': Value error, a file tower's path must be"):
         validate(data, "recipe")
 
 
@@ -351,6 +385,9 @@ def test_sam_recipe_read_off_a_checkpoints_shapes(tmp_path):
     wrong = parity("recipe", "new", "sam", "--id", "x", "--checkpoint", str(checkpoint), "--arg", "decoder_heads=2",
                    "--arg", "depth=4", check=2)
     assert "does not fit the original model" in error_line(wrong)
+    parity("dump", "--recipe", str(tmp_path / "b.yaml"), "--checkpoint", str(checkpoint), "--out", str(tmp_path), check=0)
+    manifest = read_json(tmp_path / "from-shapes" / "dump" / "manifest.json")
+    assert manifest["recipe"]["id"] == "from-shapes" and manifest["checkpoint"]["source"] == f"file {checkpoint}"
 
 
 @slow

@@ -20,7 +20,7 @@ def use_fixtures_dir(folder: Path | None) -> None:
 
 
 def fixtures_dir() -> Path:
-    """Golden fixtures: the step's fixtures folder, else PARITY_FIXTURES, else ../shared/fixtures beside the checkout."""
+    """Golden fixtures: the step's fixtures folder, else PARITY_FIXTURES, else ../shared/fixtures by the checkout."""
     if _step_fixtures is not None:
         return _step_fixtures
     configured = os.environ.get("PARITY_FIXTURES")

@@ -345,11 +345,11 @@ app.add_typer(recipe_app, name="recipe")
 @recipe_app.command("new")
 @one_line_errors
 def recipe_new(
-    family: Annotated[Optional[str], typer.Argument(help="Family: sam, upernet, mask2former, vit_msn or clipseg.")] = None,
+    family: Annotated[Optional[str], typer.Argument(help="sam, upernet, mask2former, vit_msn or clipseg.")] = None,
     recipe_id: Annotated[Optional[str], typer.Option("--id", help="Id of the new recipe (lower case).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Recipe file to write (.yaml, .yml or .json); "
                                                               "default: YAML on stdout.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="The original's config file (mmseg .py, detectron2 .yaml).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="The original's config (mmseg .py, detectron2 .yaml).")] = None,
     config_root: Annotated[Optional[Path], typer.Option(help="Folder the config's _base_ files live in (default: "
                                                              "the config's folder).")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="An original checkpoint (SAM: read the build arguments "

@@ -1,5 +1,5 @@
-"""`python -m parity.origin REQUEST.json` (generate, dump, import-fixture, recipe). The request is validated before torch
-and the family's original package are imported, so a malformed one fails fast."""
+"""`python -m parity.origin REQUEST.json` (generate, dump, import-fixture, recipe). The request is validated before
+torch and the family's original package are imported, so a malformed one fails fast."""
 
 import sys
 

@@ -330,7 +330,7 @@ def _decoder_captures(model, pixels, texts, refs: CaptureLog, on, pending) -> No
         if len(activations) != len(layers):
             raise ParityError(f"visual_forward returned {len(activations)} activations, [0] + extract_layers names "
                               f"{len(layers)} layers ({layers})")
-        for i, (act, layer) in enumerate(zip(activations, layers)):
+        for i, (act, layer) in enumerate(zip(activations, layers, strict=True)):
             refs.add(f"return.activations.{i}", act.float(), module=f"return value #4, list item {i} (output of "
                      f"visual resblock {layer})", layout="(L, B, 768) LND")
         refs.add("clip_model.visual.ln_post", pending.pop("clip_model.visual.ln_post").float(),

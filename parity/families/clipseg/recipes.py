@@ -35,8 +35,8 @@ def new_recipe(source: RecipeSource, configuration: dict[str, Any]) -> Recipe:
     known = DECODER_ARGUMENTS + TOWER_ARGUMENTS + OTHER_ARGUMENTS
     unknown = sorted(set(configuration) - set(known))
     if unknown:
-        raise ParityError(f"clipseg --arg {unknown[0]}: not an argument (CLIPDensePredT's: {', '.join(DECODER_ARGUMENTS)}; "
-                          f"tower: {', '.join(TOWER_ARGUMENTS + OTHER_ARGUMENTS)})")
+        raise ParityError(f"clipseg --arg {unknown[0]}: not an argument (CLIPDensePredT's: "
+                          f"{', '.join(DECODER_ARGUMENTS)}; tower: {', '.join(TOWER_ARGUMENTS + OTHER_ARGUMENTS)})")
     decoder = decoder_config(reduce_dim=64, complex_trans_conv=False, extract_layers=[3, 6, 9])
     decoder.update({k: configuration[k] for k in DECODER_ARGUMENTS if k in configuration})
     decoder["extract_layers"] = list(decoder["extract_layers"])

@@ -37,7 +37,8 @@ def hf_values(cfg: dict[str, Any]) -> dict[str, Any]:
     if list(swin["OUT_FEATURES"]) != BACKBONE_FEATURES or list(head["IN_FEATURES"]) != BACKBONE_FEATURES:
         raise ParityError(f"transformers' Swin backbone feeds all four stages {BACKBONE_FEATURES} to the pixel decoder "
                           f"(OUT_FEATURES {swin['OUT_FEATURES']}, IN_FEATURES {head['IN_FEATURES']})")
-    if m2f.get("TRANSFORMER_DECODER_NAME", "MultiScaleMaskedTransformerDecoder") != "MultiScaleMaskedTransformerDecoder":
+    decoder = m2f.get("TRANSFORMER_DECODER_NAME", "MultiScaleMaskedTransformerDecoder")
+    if decoder != "MultiScaleMaskedTransformerDecoder":
         raise ParityError(f"transformer decoder {m2f['TRANSFORMER_DECODER_NAME']} is not supported")
     if m2f["DEC_LAYERS"] < 1:
         raise ParityError("DEC_LAYERS counts the prediction on the learnable queries: it must be at least 1")

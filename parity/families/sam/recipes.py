@@ -65,7 +65,8 @@ def arguments_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str,
         notes.append("no relative-position tables: num_heads, global_attn_indexes and window_size must be given")
     if shape("mask_decoder.mask_tokens.weight")[0] != 4:
         raise ParityError("the mask decoder has other than 3 multimask outputs (_build_sam fixes 3)")
-    rate = build["prompt_embed_dim"] // shape("mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight")[0]
+    cross = shape("mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight")
+    rate = build["prompt_embed_dim"] // cross[0]
     if rate != 2:
         raise ParityError(f"cross-attention downsample rate {rate} (_build_sam fixes 2)")
     return build, notes
@@ -82,7 +83,8 @@ def new_recipe(source: RecipeSource, configuration: dict[str, Any]) -> Recipe:
     build = dict(configuration["build"])
     unknown = sorted(set(build) - set(BUILD_ARGUMENTS))
     if unknown:
-        raise ParityError(f"sam --arg {unknown[0]}: not a build argument (known: builder, {', '.join(BUILD_ARGUMENTS)})")
+        raise ParityError(f"sam --arg {unknown[0]}: not a build argument (known: builder, "
+                          f"{', '.join(BUILD_ARGUMENTS)})")
     missing = [k for k in ("embed_dim", "depth", "num_heads", "global_attn_indexes") if k not in build]
     if missing:
         raise ParityError(f"sam: {', '.join(missing)} unknown: give --arg builder=vit_b|vit_l|vit_h, --checkpoint, or "

@@ -1,5 +1,5 @@
 """UperNet's mmseg config as transformers must wire it: the ConvNeXt arch settings and the structure a config
-describes (stages, outputs, laterals, auxiliary head), as pure data shared by the port, `parity recipe new` and tests."""
+describes (stages, outputs, laterals, auxiliary head), pure data shared by the port, `parity recipe new` and tests."""
 
 from __future__ import annotations
 
