@@ -149,6 +149,33 @@ def test_class_lists(tmp_path):
         load_classes(tmp_path / "bad.yaml")
 
 
+def test_the_recipe_step_container_reads_the_config_folder_offline_and_writes_nothing(tmp_path):
+    """In a container (mask2former's origin is Docker-only) the configuration folder and the checkpoint are mounted
+    read-only, with no network and nothing writable; the step's answer is the typed recipe."""
+    from parity.contracts.steps import RecipeResponse
+    from parity.host.backends.docker import DockerBackend, image_tag
+    from parity.host.pipeline import new_recipe
+    from tests.test_containers import FakeClient
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("MODEL: {}\n")
+    checkpoint = tmp_path / "mine.pkl"
+    checkpoint.write_bytes(b"x")
+    answer = all_recipes()["mask2former-tiny-random-custom-classes"]
+    client = FakeClient(present={image_tag("detectron2"), image_tag("base")},
+                        response=RecipeResponse(recipe=answer, notes=["a note"]))
+    source = RecipeSource(family="mask2former", id="mine", origin="detectron2",
+                          config=tmp_path / "configs" / "mine.yaml", checkpoint=checkpoint)
+    recipe, notes = new_recipe(source, DockerBackend(client=client), lambda _m: None)
+    assert recipe == answer and notes == ["a note"]
+    (container,) = client.created
+    config = container.config
+    assert config["network_disabled"] is True and config["image"] == image_tag("detectron2")
+    assert config["volumes"][str(tmp_path / "configs")]["mode"] == "ro"
+    assert config["volumes"][str(checkpoint)]["mode"] == "ro"
+    assert all(volume["mode"] == "ro" for volume in config["volumes"].values())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # host-made recipes (constructor arguments): ViT-MSN and CLIPSeg
 

@@ -38,6 +38,9 @@ ADE20K_PALETTE_SEED = 0
 def _stack(recipe: Recipe) -> str:
     if recipe.origin not in ("mmseg0", "mmseg1"):
         raise ParityError(f"upernet origin {recipe.origin!r} is not one of mmseg0, mmseg1")
+    if recipe.origin not in recipe.original_config:
+        raise ParityError(f"{recipe.id}: original_config has no {recipe.origin} section (a recipe made from one "
+                          "stack's config runs in that stack)")
     return recipe.origin
 
 
