@@ -24,7 +24,8 @@ class PromptCase(Strict):
     mask_index: int | None = Field(default=None, ge=0)
     """Which of mask_from's multimask outputs (`low_res_logits[:, i]`, i < num_multimask_outputs; output i is mask
     token i + 1) is fed back; None picks, as SamPredictor users do, the one with the highest predicted IoU of
-    mask_from's first prompt. The origin records the chosen mask as `<case>.mask_inputs`, so the port receives the same tensor."""
+    mask_from's first prompt. The origin records the chosen mask as `<case>.mask_inputs`, so the port receives the
+    same tensor."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PromptCase:
