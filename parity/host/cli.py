@@ -102,7 +102,8 @@ def list_variants(selector: Annotated[Optional[str], typer.Argument(help="Id or 
     for recipe in select(selector):
         source = recipe.checkpoint
         where = {"url": source.url, "generate": f"generated (seed {source.generate.seed if source.generate else ''})",
-                 "fixture": f"fixture {source.fixture}"}[source.kind]
+                 "fixture": f"fixture {source.fixture}", "file": f"your file {source.filename or '(--checkpoint)'}"
+                 }[source.kind]
         table.add_row(recipe.id, recipe.family, recipe.origin, where, recipe.description)
     stdout.print(table)
 
