@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from parity.contracts.errors import ParityError
-from parity.contracts.family import OriginModule, PortModule, missing_members, required_members
+from parity.contracts.family import OriginModule, PortModule, RecipesModule, missing_members, required_members
 from parity.host.registry import check_family_modules, defined_names, families
 from tests.conftest import ROOT, error_line, in_env
 
@@ -85,23 +85,37 @@ def test_port_runtime_never_imports_the_origin_side_the_host_or_an_original_pack
 
 
 def test_protocol_members_are_what_the_docs_promise():
-    """docs/families.md has one table row per Protocol member, for origin.py and port.py, and no other rows."""
+    """docs/families.md has one table row per Protocol member (origin.py, port.py, recipes.py), and no other rows."""
     text = (ROOT / "docs" / "families.md").read_text()
-    for heading, protocol in (("## origin.py", OriginModule), ("## port.py", PortModule)):
+    for heading, protocol in (("## origin.py", OriginModule), ("## port.py", PortModule),
+                              ("## recipes.py", RecipesModule)):
         section = text.split(heading, 1)[1].split("\n## ", 1)[0]
         documented = re.findall(r"^\| `(\w+)`", section, flags=re.M)
         assert documented == list(required_members(protocol)), heading
 
 
-def test_every_family_satisfies_both_protocols_by_its_source():
-    for name in families():
+def test_every_family_satisfies_its_protocols_by_its_source():
+    for name, family in families().items():
         folder = ROOT / "parity" / "families" / name
         assert missing_members(OriginModule, defined_names(folder / "origin.py")) == [], name
         assert missing_members(PortModule, defined_names(folder / "port.py")) == [], name
+        assert missing_members(RecipesModule, defined_names(folder / "recipes.py")) == [], name
+        reads_in_origin = "read_configuration" in defined_names(folder / "origin.py")
+        assert reads_in_origin == (family.reads_configuration == "origin"), name
+
+
+def test_a_family_reading_its_configuration_in_the_origin_must_define_the_reader(tmp_path):
+    for name in ("origin", "port", "recipes"):
+        (tmp_path / f"{name}.py").write_text((ROOT / "parity" / "families" / "sam" / f"{name}.py").read_text())
+    origin = (tmp_path / "origin.py").read_text()
+    (tmp_path / "origin.py").write_text(re.sub(r"\ndef read_configuration\(", "\ndef reader(", origin))
+    with pytest.raises(ParityError, match=r"origin\.py lacks read_configuration \(its Family reads the configuration"):
+        check_family_modules("demo", tmp_path, "origin")
+    check_family_modules("demo", tmp_path, "host")
 
 
 def test_a_missing_function_is_named_before_anything_runs(tmp_path):
-    for name in ("origin", "port"):
+    for name in ("origin", "port", "recipes"):
         source = (ROOT / "parity" / "families" / "sam" / f"{name}.py").read_text()
         (tmp_path / f"{name}.py").write_text(source)
     origin = (tmp_path / "origin.py").read_text()

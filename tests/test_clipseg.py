@@ -153,7 +153,8 @@ def test_origin_is_docker_only_with_a_one_line_error(tmp_path):
 
 def test_origin_helpers_without_the_upstream_packages(tmp_path):
     """Everything in origin.py that needs neither clip nor clipseg: preprocessing reproduces the fixtures' pixel values
-    bit for bit, the expected key sets match the fixture files, the tower location honours PARITY_CLIP_CHECKPOINT."""
+    bit for bit, the expected key sets match the fixture files, the tower location honours PARITY_CLIP_CHECKPOINT and a
+    fixture tower resolves in the step's fixtures folder."""
     out = in_env("fixtures", f"""
 import os, numpy as np, torch
 from pathlib import Path
@@ -173,11 +174,15 @@ print(set(dec) == origin.decoder_keys(recipe.original_config['decoder']),
       set(tower) - set(origin.ARCHIVE_SCALARS) == origin.tower_keys(recipe.original_config['clip']),
       len(origin.decoder_keys(FIXTURE_RECIPES['clipseg-tiny-rd16'].original_config['decoder'])))
 real = PUBLISHED[0]
-print(origin.tower_file(real, Path('/x/rd16-uni.pth')))
+print(origin.tower_file(real))
 os.environ['PARITY_CLIP_CHECKPOINT'] = {str(tmp_path / 'ViT-B-16.pt')!r}
-print(origin.tower_file(real, Path('/x/rd16-uni.pth')))
+print(origin.tower_file(real))
+from parity.contracts.paths import use_fixtures_dir
+use_fixtures_dir(Path({str(tmp_path)!r}))
+print(origin.tower_file(recipe))
 """).splitlines()
     assert out[:2] == ["True", "True"]
     assert out[2] == "True True 36"
     assert out[3] == "/opt/clip/ViT-B-16.pt"
     assert out[4] == str(tmp_path / "ViT-B-16.pt")
+    assert out[5] == str(tmp_path / "clipseg-tiny-clip-vit-b16" / "clip_vit_b16_tiny.pt")

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from parity.contracts.errors import ParityError
-from parity.families.mask2former.config import ENCODER_FFN, LABELS, hf_values
+from parity.families.mask2former.config import ENCODER_FFN, hf_values
 from parity.families.mask2former.variants import FIXTURE_RECIPES, VARIANTS
 from parity.host.registry import select
 from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json
@@ -56,7 +56,7 @@ def test_real_variant_points_at_its_model_zoo_file_and_config(recipe):
     assert m, url
     _dataset, task, run, _md5 = m.groups()
     assert recipe.id.endswith(f"-{task}")
-    assert cfg["CONFIG_FILE"].endswith(f"{task}-segmentation/swin/{run}.yaml")
+    assert recipe.spec.config_file.endswith(f"{task}-segmentation/swin/{run}.yaml")
     size = recipe.id.split("-")[2]
     if "in21k" in recipe.id or size == "large":
         assert "IN21k" in run
@@ -65,12 +65,11 @@ def test_real_variant_points_at_its_model_zoo_file_and_config(recipe):
     assert recipe.hub_id.lower() == "facebook/" + recipe.id
     heads = cfg["MODEL"]["SWIN"]["NUM_HEADS"]
     assert cfg["MODEL"]["SWIN"]["EMBED_DIM"] == 32 * heads[0] and heads == [heads[0] * 2**i for i in range(4)]
-    if cfg["LABELS"]:
-        names = json.loads((LABELS / cfg["LABELS"]).read_text())
-        assert len(names) == cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
+    assert len(recipe.spec.classes) == cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
+    assert recipe.spec.dataset == cfg["DATASETS"]["TRAIN"][0]
     flags = cfg["MODEL"]["MASK_FORMER"]["TEST"]
     if flags["PANOPTIC_ON"] or flags["INSTANCE_ON"]:
-        things = cfg["THING_IDS"]
+        things = recipe.spec.thing_ids()
         assert things and all(0 <= t < cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"] for t in things)
 
 
@@ -129,7 +128,7 @@ def test_fixture_recipe_config_is_the_fixtures_detectron2_config(recipe):
     meta = read_json(FIXTURES / recipe.checkpoint.fixture / "fixture.json")
     kv = meta["original_config"]["key_values"]
     cfg = recipe.original_config
-    assert cfg["CONFIG_FILE"] == meta["original_config"]["upstream_yaml"]
+    assert recipe.spec.config_file == meta["original_config"]["upstream_yaml"]
     for key in ("EMBED_DIM", "DEPTHS", "NUM_HEADS", "WINDOW_SIZE", "PATCH_SIZE", "MLP_RATIO", "QKV_BIAS", "APE",
                 "PATCH_NORM", "OUT_FEATURES"):
         assert cfg["MODEL"]["SWIN"][key] == kv["swin"][key], key
@@ -145,7 +144,7 @@ def test_fixture_recipe_config_is_the_fixtures_detectron2_config(recipe):
     assert cfg["DATASETS"]["TRAIN"] == kv["DATASETS_TRAIN"]
     things = meta["original_config"]["dataset_metadata"]["thing_contiguous_ids_below_num_classes"]
     if isinstance(things, list):
-        assert cfg["THING_IDS"] == things
+        assert recipe.spec.thing_ids() == things
     assert recipe.checkpoint.sha256 == meta["checkpoints"][0]["sha256"]
 
 

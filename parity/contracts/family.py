@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from parity.contracts.recipe import Recipe
+
+if TYPE_CHECKING:
+    from parity.contracts.steps import RecipeSource
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class Family:
     fixture_env: str | None = None
     """Environment that imports this family's fixtures (default: the first origin). Families whose origin cannot be
     installed locally use `fixtures`: torch + safetensors only, no original package, no transformers."""
+    reads_configuration: Literal["origin", "host"] = "origin"
+    """Where `parity recipe new` reads the original's configuration: 'origin' (origin.py's read_configuration parses
+    it with the original tooling inside the origin environment) or 'host' (its constructor arguments are plain data,
+    so recipes.py needs no original package)."""
 
     @property
     def importer_env(self) -> str:
@@ -80,6 +87,25 @@ class PortModule(Protocol):
 
     def processor_checks(self, recipe: Recipe, processor: Any, dump: Any) -> tuple[list[tuple], dict[str, str]]:
         """([(name, port description, origin tensor, port tensor), ...], {"processor": class, "note": ...})."""
+
+
+class RecipesModule(Protocol):
+    """`parity/families/<name>/recipes.py`: pure data (importable on the host and in every environment), what turns
+    the original's configuration into a complete recipe for `parity recipe new`."""
+
+    def new_recipe(self, source: RecipeSource, configuration: dict[str, Any]) -> Recipe:
+        """A complete Recipe from what the user gave (`source`) and the original's configuration as data: what
+        origin.py's read_configuration returned, or (families that read it on the host) `source.arguments`."""
+
+
+CONFIGURATION_READER = "read_configuration"
+"""origin.py's function `(source: RecipeSource) -> dict` for families whose configuration is read in the origin: the
+original tooling parses the user's configuration (mmseg config, detectron2 yaml, SAM build arguments or checkpoint)."""
+
+
+def recipes_module(family: str) -> RecipesModule:
+    """`parity.families.<family>.recipes`, checked against the RecipesModule Protocol."""
+    return load_half(family, "recipes", RecipesModule)
 
 
 def required_members(protocol: type) -> tuple[str, ...]:

@@ -8,9 +8,21 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The `parity` package folder."""
 
+_step_fixtures: Path | None = None
+"""The fixtures folder a step request named (set by the origin runtime for the step it serves)."""
+
+
+def use_fixtures_dir(folder: Path | None) -> None:
+    """Inside an environment: the fixtures folder the current step request names (e.g. a copy of a fixture folder
+    elsewhere), so a recipe's fixture references resolve there and nowhere else."""
+    global _step_fixtures
+    _step_fixtures = Path(folder) if folder is not None else None
+
 
 def fixtures_dir() -> Path:
-    """Golden fixtures: PARITY_FIXTURES, else ../shared/fixtures beside the checkout."""
+    """Golden fixtures: the step's fixtures folder, else PARITY_FIXTURES, else ../shared/fixtures by the checkout."""
+    if _step_fixtures is not None:
+        return _step_fixtures
     configured = os.environ.get("PARITY_FIXTURES")
     return Path(configured) if configured else PACKAGE_ROOT.parent.parent / "shared" / "fixtures"
 

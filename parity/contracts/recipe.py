@@ -31,8 +31,9 @@ class GenerateSpec(Strict):
 
 
 class CheckpointSource(Strict):
-    kind: Literal["url", "generate", "fixture"]
-    """Where the original checkpoint comes from: a published URL, the original code from a seed, or a golden fixture."""
+    kind: Literal["url", "generate", "fixture", "file"]
+    """Where the original checkpoint comes from: a published URL, the original code from a seed, a golden fixture, or
+    your own file (kind=file: given at run time with --checkpoint; `filename` is an optional default path)."""
     url: str | None = None
     """Download location of a published checkpoint (kind=url)."""
     sha256: Sha256 | None = None
@@ -42,7 +43,7 @@ class CheckpointSource(Strict):
     container: str
     """The original container format, e.g. 'torch-state-dict' (plain torch.save of a state dict)."""
     filename: str | None = None
-    """File name of the checkpoint as published (or inside the fixture folder)."""
+    """File name of the checkpoint as published, inside the fixture folder, or (kind=file) its default path."""
     generate: GenerateSpec | None = None
     """Seeded generation by the original code (kind=generate)."""
     fixture: str | None = None
@@ -204,7 +205,19 @@ class Recipe(Strict):
     def _spec_matches_family(self) -> Recipe:
         if self.spec.family != self.family:
             raise ValueError(f"spec is for family {self.spec.family!r} but the recipe's family is {self.family!r}")
+        self.spec.check_original_config(self.original_config)
         return self
+
+    def differs_in_computation(self, other: Recipe) -> str | None:
+        """The first field that makes `other` describe another original computation than this recipe (what a dump
+        made with one recipe can be judged with the other), or None."""
+        for field in ("family", "original_config", "inputs", "spec"):
+            ours, theirs = getattr(self, field), getattr(other, field)
+            if field != "family" and not isinstance(ours, dict):
+                ours, theirs = ours.model_dump(mode="json"), theirs.model_dump(mode="json")
+            if ours != theirs:
+                return field
+        return None
 
     def recipe_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

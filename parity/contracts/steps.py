@@ -9,11 +9,12 @@ needs the network, which is all a backend needs to sandbox it; nothing else defi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter, model_validator
 
 from parity.contracts.base import Sha256, Strict
+from parity.contracts.familyspec import DatasetClass
 from parity.contracts.mutations import Mutation
 from parity.contracts.recipe import Recipe, TolerancePolicy
 from parity.contracts.report import MutationResult, Verdict
@@ -89,7 +90,8 @@ class DumpRequest(StepRequest):
         return "origin"
 
     def reads(self):
-        return [self.checkpoint] + ([self.fixtures] if self.fixtures else [])
+        extra = [Path(f) for f in self.recipe.spec.local_files()]
+        return [self.checkpoint] + ([self.fixtures] if self.fixtures else []) + extra
 
     def writes(self):
         return [self.out.parent]
@@ -112,10 +114,59 @@ class ImportFixtureRequest(StepRequest):
         return "origin"
 
     def reads(self):
-        return [self.fixtures]
+        return [self.fixtures] + [Path(f) for f in self.recipe.spec.local_files()]
 
     def writes(self):
         return [self.out.parent]
+
+
+class RecipeSource(Strict):
+    """What `parity recipe new FAMILY` was given: the ORIGINAL project's own configuration, read by the original
+    tooling (in the origin environment where the family needs it), plus what the configuration does not say."""
+
+    family: str
+    """Family package under parity/families/."""
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    """Id of the new recipe."""
+    description: str | None = None
+    """One line for `parity list` (default: made from the configuration)."""
+    origin: str
+    """Origin environment that reads the configuration and later runs the original (e.g. mmseg0 or mmseg1)."""
+    config: Path | None = None
+    """The original project's configuration file (an mmseg config .py, a detectron2/Mask2Former .yaml)."""
+    config_root: Path | None = None
+    """Folder the configuration's includes (_base_ files) resolve within; read-only inside a container (default: the
+    configuration file's folder)."""
+    checkpoint: Path | None = None
+    """An original checkpoint: SAM infers its build arguments from its tensor shapes; every family strict-loads it
+    into the original model built from the new recipe, as a check."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Build or constructor arguments (`--arg key=value`), family-specific: e.g. SAM's `builder=vit_b`, MSN's
+    `patch_size=8`, CLIPSeg's `extract_layers=[3, 7, 9]`, Mask2Former's `dataset=ade20k_panoptic_train`."""
+    classes: list[DatasetClass] | None = None
+    """Your dataset's classes (names, thing/stuff, dataset ids), replacing what the configuration's dataset says."""
+
+    def folders(self) -> list[Path]:
+        """Host paths the configuration step reads."""
+        paths = [self.config_root or self.config.parent] if self.config is not None else []
+        return paths + ([self.checkpoint] if self.checkpoint is not None else [])
+
+
+class RecipeRequest(StepRequest):
+    """Read the original project's configuration with the original tooling and answer with a complete recipe."""
+
+    step: Literal["recipe"] = "recipe"
+    source: RecipeSource
+    """What the user gave."""
+
+    def side(self):
+        return "origin"
+
+    def reads(self):
+        return self.source.folders()
+
+    def writes(self):
+        return []
 
 
 class PortRequest(StepRequest):
@@ -140,6 +191,9 @@ class PortRequest(StepRequest):
     """Report mode with one corruption applied to the converted weights (nothing is saved)."""
     mutations: list[Mutation] = Field(default_factory=list)
     """Self-test mode: one conversion per corruption, each judged alone; the response lists what parity concluded."""
+    recipe: Recipe | None = None
+    """Port and judge with this recipe instead of the dump's (it must describe the same original computation: family,
+    original_config, inputs and spec equal; e.g. other tolerances or HF config overrides)."""
     registry_tolerance: TolerancePolicy | None = None
     """The tolerance policy of the registry's recipe with the dump's recipe id, when the registry knows that id:
     the report names every capture the dump's own recipe judges more loosely."""
@@ -174,7 +228,7 @@ class PortRequest(StepRequest):
         return self.port is not None and self.local_port() is None
 
 
-AnyStepRequest = Annotated[Union[GenerateRequest, DumpRequest, ImportFixtureRequest, PortRequest],
+AnyStepRequest = Annotated[Union[GenerateRequest, DumpRequest, ImportFixtureRequest, RecipeRequest, PortRequest],
                            Field(discriminator="step")]
 REQUESTS: TypeAdapter = TypeAdapter(AnyStepRequest)
 
@@ -201,6 +255,14 @@ class ImportFixtureResponse(Strict):
     """The dump folder written."""
 
 
+class RecipeResponse(Strict):
+    step: Literal["recipe"] = "recipe"
+    recipe: Recipe
+    """The complete recipe made from the original's configuration."""
+    notes: list[str] = Field(default_factory=list)
+    """What the configuration did not say and how the recipe fills it in (shown to the user)."""
+
+
 class PortResponse(Strict):
     step: Literal["port"] = "port"
     report: Path | None = None
@@ -211,6 +273,7 @@ class PortResponse(Strict):
     """What parity concluded for each corruption (self-test mode)."""
 
 
-AnyStepResponse = Annotated[Union[GenerateResponse, DumpResponse, ImportFixtureResponse, PortResponse],
+AnyStepResponse = Annotated[Union[GenerateResponse, DumpResponse, ImportFixtureResponse, RecipeResponse,
+                                  PortResponse],
                             Field(discriminator="step")]
 RESPONSES: TypeAdapter = TypeAdapter(AnyStepResponse)

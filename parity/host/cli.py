@@ -110,6 +110,24 @@ Sha256Option = Annotated[Optional[str], typer.Option("--sha256", help="Expected 
 TransformersOption = Annotated[Optional[str], typer.Option(
     "--transformers", help="Run the port side with this transformers release (its own environment: "
                            "images/transformers pins with transformers replaced; default: the pinned release).")]
+RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", help="A recipe file (JSON or YAML) instead of a "
+                                                                      "registry id.")]
+SelectorArgument = Annotated[Optional[str], typer.Argument(help="Variant id, or a prefix selecting several.")]
+
+
+def _chosen(selector: str | None, recipe_file: Path | None):
+    """The recipes a command runs: registry ids by selector, or one recipe file."""
+    from parity.host.registry import select
+
+    if recipe_file is not None:
+        if selector:
+            raise ParityError(f"give a variant id or --recipe FILE, not both ({selector!r} and {recipe_file})")
+        from parity.host.recipefiles import load_recipe
+
+        return [load_recipe(recipe_file)]
+    if not selector:
+        raise ParityError("give a variant id (see `parity list`) or --recipe FILE")
+    return select(selector)
 
 
 def _threads(recipe, threads: int | None) -> int:
@@ -190,7 +208,7 @@ def list_variants(
 def _checkpoint_kind(recipe) -> str:
     source = recipe.checkpoint
     return {"url": "download", "generate": f"seed {source.generate.seed if source.generate else ''}",
-            "fixture": "fixture"}[source.kind]
+            "fixture": "fixture", "file": "your file (--checkpoint)"}[source.kind]
 
 
 def _list_entry(recipe) -> dict:
@@ -227,7 +245,8 @@ def _report_row(report, seconds: float) -> tuple[str, str, str, str, float]:
 @app.command()
 @one_line_errors
 def convert(
-    selector: Annotated[str, typer.Argument(help="Variant id, or a prefix selecting several.")],
+    selector: SelectorArgument = None,
+    recipe_file: RecipeOption = None,
     backend: BackendOption = None,
     out: OutOption = Path("out"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")] = None,
@@ -240,9 +259,8 @@ def convert(
 ) -> None:
     """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
     from parity.host.pipeline import convert as run_convert
-    from parity.host.registry import select
 
-    recipes = select(selector)
+    recipes = _chosen(selector, recipe_file)
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     sha256 = _sha256(sha256)
@@ -334,7 +352,8 @@ def _exit_for(verdicts: list[str]) -> None:
 @app.command()
 @one_line_errors
 def dump(
-    selector: Annotated[str, typer.Argument(help="Variant id or prefix.")],
+    selector: SelectorArgument = None,
+    recipe_file: RecipeOption = None,
     backend: BackendOption = None,
     out: OutOption = Path("out"),
     checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file.")] = None,
@@ -345,9 +364,8 @@ def dump(
 ) -> None:
     """Run only the origin side: write OUT/<id>/dump (safetensors + manifest.json)."""
     from parity.host.pipeline import make_dump
-    from parity.host.registry import select
 
-    recipes = select(selector)
+    recipes = _chosen(selector, recipe_file)
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     sha256 = _sha256(sha256)
@@ -365,6 +383,9 @@ def dump(
 @one_line_errors
 def diff(
     dump_dir: Annotated[Path, typer.Option("--dump", help="A dump folder, or a golden fixture folder.")],
+    recipe_file: Annotated[Optional[Path], typer.Option("--recipe", help="Recipe file (JSON or YAML): how to import a "
+                                                                           "fixture folder, or how to port and judge a "
+                                                                           "dump (same original computation).")] = None,
     port: Annotated[Optional[str], typer.Option(help="An existing port (save_pretrained folder or hub id).")] = None,
     mutate: Annotated[Optional[str], typer.Option(help="JSON mutation of the converted weights, to prove the diff "
                                                         "catches it, e.g. '{\"kind\": \"zero\", \"key\": K}'.")] = None,
@@ -388,18 +409,31 @@ def diff(
         raise ParityError(f"dump folder not found: {dump_dir}")
     port = resolve_port(port) if port is not None else None
     port_env(transformers)
+    recipe = None
+    if recipe_file is not None:
+        from parity.host.recipefiles import load_recipe
+
+        recipe = load_recipe(recipe_file)
     chosen = _backend(backend, device)
     started = time.perf_counter()
     with StepProgress(console) as status:
-        if not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file():
-            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), status.update)
+        is_fixture = not (dump_dir / "manifest.json").is_file() and (dump_dir / "fixture.json").is_file()
+        if is_fixture:
+            dump_dir = import_fixture(dump_dir, chosen, cache_dir(), status.update, recipe=recipe)
         manifest = load_model(DumpManifest, dump_dir / "manifest.json")
-        default = _out_root(Path("out")) / manifest.recipe.id
+        judged = manifest.recipe if is_fixture or recipe is None else recipe
+        if judged is not manifest.recipe:
+            differs = manifest.recipe.differs_in_computation(judged)
+            if differs:
+                raise ParityError(f"--recipe {recipe_file} describes another original computation than the dump "
+                                  f"({differs} differs); dump again with it: parity dump --recipe {recipe_file}")
+        default = _out_root(Path("out")) / judged.id
         target = _out_root(out) if out else (recheck_folder(default, transformers) if port or transformers else default)
         mutation = _parse_mutation(mutate) if mutate else None
         report = run_diff(dump_dir, chosen, target, port=port, device=device.value, mutation=mutation,
                           all_modules=all_modules, transformers=transformers,
-                          threads=_threads(manifest.recipe, threads), on_progress=status.update)
+                          recipe=None if judged is manifest.recipe else judged,
+                          threads=_threads(judged, threads), on_progress=status.update)
     _announce(report, target)
     _summary([_report_row(report, time.perf_counter() - started)])
     _print_errors([report])
@@ -496,17 +530,17 @@ def _parse_mutation(text: str):
 @app.command()
 @one_line_errors
 def generate(
-    selector: Annotated[str, typer.Argument(help="Variant id (any size).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write.")],
+    selector: Annotated[Optional[str], typer.Argument(help="Variant id (any size).")] = None,
+    recipe_file: RecipeOption = None,
     seed: Annotated[int, typer.Option(help="Seed for re-drawing every parameter.")] = 0,
     backend: BackendOption = None,
 ) -> None:
     """Write a random checkpoint in the variant's ORIGINAL format, made by the original code (offline testing)."""
     from parity.contracts.recipe import CheckpointSource, GenerateSpec
     from parity.host.pipeline import generate_checkpoint
-    from parity.host.registry import select
 
-    recipes = select(selector)
+    recipes = _chosen(selector, recipe_file)
     if len(recipes) != 1:
         raise ParityError(f"{selector!r} selects {len(recipes)} variants; generate takes one id")
     recipe = recipes[0]
@@ -518,6 +552,112 @@ def generate(
     with StepProgress(console, recipe.id, announce="generating a checkpoint with the original code") as status:
         generate_checkpoint(seeded, _backend(backend, Device.cpu), out, on_progress=status.update)
     stdout.print(str(out))
+
+
+recipe_app = typer.Typer(no_args_is_help=True, help="Recipes as files: make one from the original's own "
+                                                       "configuration, or edit a known one; check a file.")
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("new")
+@one_line_errors
+def recipe_new(
+    family: Annotated[Optional[str], typer.Argument(help="sam, upernet, mask2former, vit_msn or clipseg.")] = None,
+    recipe_id: Annotated[Optional[str], typer.Option("--id", help="Id of the new recipe (lower case).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Recipe file to write (.yaml, .yml or .json); "
+                                                              "default: YAML on stdout.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="The original's config (mmseg .py, detectron2 .yaml).")] = None,
+    config_root: Annotated[Optional[Path], typer.Option(help="Folder the config's _base_ files live in (default: "
+                                                             "the config's folder).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="An original checkpoint (SAM: read the build arguments "
+                                                            "off its shapes); loaded strictly as a check.")] = None,
+    args: Annotated[Optional[list[str]], typer.Option("--arg", help="Build/constructor argument key=value "
+                                                                    "(repeatable).")] = None,
+    classes: Annotated[Optional[Path], typer.Option(help="Your class list: .txt (one name a line) or JSON/YAML "
+                                                         "(names or {name, isthing, dataset_id}).")] = None,
+    origin: Annotated[Optional[str], typer.Option(help="Origin environment (default: the family's first, e.g. "
+                                                       "mmseg0; mmseg1 for mmseg 1.x configs).")] = None,
+    description: Annotated[Optional[str], typer.Option(help="One line for `parity list`.")] = None,
+    base: Annotated[Optional[str], typer.Option("--from", help="Start from a registry variant id or a recipe "
+                                                               "file instead.")] = None,
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Edit a field: dotted.key=value "
+                                                                    "(repeatable, applied last).")] = None,
+    backend: BackendOption = None,
+) -> None:
+    """Write a complete recipe made from the ORIGINAL project's own configuration (read by the original tooling in
+    its origin environment), or from a known variant (--from) with --set edits."""
+    from parity.contracts.steps import RecipeSource
+    from parity.host.recipefiles import apply_sets, load_classes, load_recipe, recipe_text, write_recipe
+    from parity.host.registry import family_named, select
+
+    made_from_config = any(v is not None for v in (config, config_root, checkpoint, classes)) or bool(args)
+    notes: list[str] = []
+    if base is not None:
+        if made_from_config:
+            raise ParityError("--from starts from an existing recipe; --config/--checkpoint/--arg/--classes make a "
+                              "new one from the original's configuration (use one or the other)")
+        if Path(base).suffix in (".json", ".yaml", ".yml"):
+            recipe = load_recipe(Path(base))
+        else:
+            matches = select(base)
+            if len(matches) != 1 or matches[0].id != base.lower():
+                raise ParityError(f"--from {base!r} is not one variant id (see `parity list`)")
+            recipe = matches[0]
+        if family is not None and family != recipe.family:
+            raise ParityError(f"--from {base} is a {recipe.family} recipe, not {family}")
+        if recipe_id is not None:
+            sets = [f"id={recipe_id}", *(sets or [])]
+        if description is not None:
+            sets = [*(sets or []), f"description={json.dumps(description)}"]
+    else:
+        if family is None:
+            raise ParityError("give a FAMILY (sam, upernet, mask2former, vit_msn, clipseg) or --from VARIANT")
+        if recipe_id is None:
+            raise ParityError("a new recipe needs --id ID")
+        known = family_named(family)
+        origin = origin or known.origins[0]
+        if origin not in known.origins:
+            raise ParityError(f"--origin {origin!r}: {family} runs in {', '.join(known.origins)}")
+        from pydantic import ValidationError
+
+        from parity.contracts.io import validation_message
+        from parity.host.recipefiles import parse_assignments
+
+        absolute = {name: (path.expanduser().resolve() if path is not None else None)
+                    for name, path in (("config", config), ("config_root", config_root), ("checkpoint", checkpoint))}
+        for name, path in absolute.items():
+            if path is not None and not path.exists():
+                raise ParityError(f"--{name.replace('_', '-')} not found: {path}")
+        try:
+            source = RecipeSource(family=family, id=recipe_id, description=description, origin=origin,
+                                  arguments=dict(parse_assignments(args or [], "--arg")),
+                                  classes=load_classes(classes) if classes is not None else None, **absolute)
+        except ValidationError as exc:
+            raise ParityError(f"recipe new: {validation_message(exc)}") from None
+        from parity.host.pipeline import new_recipe
+
+        with StepProgress(console, recipe_id, announce="reading the original configuration") as status:
+            recipe, notes = new_recipe(source, _backend(backend, Device.cpu), status.update)
+    if sets:
+        recipe = apply_sets(recipe, sets)
+    for note in notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    if out is None:
+        print(recipe_text(recipe, ".yaml"), end="")
+        return
+    write_recipe(recipe, out)
+    stdout.print(str(out))
+
+
+@recipe_app.command("check")
+@one_line_errors
+def recipe_check(files: Annotated[list[Path], typer.Argument(help="Recipe files (JSON or YAML).")]) -> None:
+    """Validate recipe files against the Recipe schema (exit 2 with the first problem)."""
+    from parity.host.recipefiles import load_recipe
+
+    for file in files:
+        recipe = load_recipe(file)
+        stdout.print(f"{file}: ok ({recipe.family} recipe {recipe.id})", highlight=False)
 
 
 @app.command()

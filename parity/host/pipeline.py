@@ -17,12 +17,19 @@ from parity.contracts.mutations import Mutation
 from parity.contracts.paths import fixtures_dir, safetensors_only_problem
 from parity.contracts.recipe import Recipe
 from parity.contracts.report import MutationResult, ParityReport
-from parity.contracts.steps import DumpRequest, GenerateRequest, ImportFixtureRequest, PortRequest
+from parity.contracts.steps import (
+    DumpRequest,
+    GenerateRequest,
+    ImportFixtureRequest,
+    PortRequest,
+    RecipeRequest,
+    RecipeSource,
+)
 from parity.host.backends import Backend, Progress
 from parity.host.checkpoints import ResolvedCheckpoint, resolve
 from parity.host.dumps import verify_dump
 from parity.host.envs import cache_dir, pinned_version, split_name
-from parity.host.registry import all_recipes, family_of, recipe_for_fixture
+from parity.host.registry import all_recipes, family_named, family_of, recipe_for_fixture
 from parity.host.render import write_reports
 from parity.host.staging import cache_lock, output_lock, sweep_dead
 
@@ -34,7 +41,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _reads_fixtures(recipe: Recipe) -> bool:
-    return any(image.kind == "fixture-file" for image in recipe.inputs.images)
+    return any(image.kind == "fixture-file" for image in recipe.inputs.images) or bool(recipe.spec.fixture_folders())
 
 
 def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
@@ -82,15 +89,29 @@ def _make_dump(recipe: Recipe, backend: Backend, out: Path, *, checkpoint: Path 
     return backend.run(recipe.origin, request, log=logs / "dump.log", on_progress=on_progress).dump
 
 
-def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress) -> Path:
+def fixture_recipe_of(fixture: Path, recipe: Recipe | None = None) -> Recipe:
+    """The recipe that reproduces a fixture folder: the one given (--recipe), else the folder's own recipe file, else
+    the registry's recipe for the fixture's name."""
+    if recipe is not None:
+        return recipe
+    from parity.host.recipefiles import fixture_recipe
+
+    own = fixture_recipe(fixture)
+    if own is not None:
+        return own
+    try:
+        name = json.loads((fixture / "fixture.json").read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ParityError(f"{fixture / 'fixture.json'} is not a fixture description (no 'name')") from None
+    return recipe_for_fixture(name)
+
+
+def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress,
+                   recipe: Recipe | None = None) -> Path:
     """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes). A cached import is
     reused only after every file in it is checked against its manifest; a damaged one is imported again."""
     meta = fixture / "fixture.json"
-    try:
-        name = json.loads(meta.read_text())["name"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ParityError(f"{meta} is not a readable fixture description ({exc})") from None
-    recipe = recipe_for_fixture(name)
+    recipe = fixture_recipe_of(fixture, recipe)
     key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
     dumps = cache / "dumps"
     dump_dir = dumps / f"fixture-{fixture.name}-{key}"
@@ -160,11 +181,13 @@ def resolve_port(port: str) -> str:
 
 def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, device: str, threads: int,
              on_progress: Progress, mutation: Mutation | None = None, save: bool = True,
-             all_modules: bool = False, transformers: str | None = None) -> ParityReport:
+             all_modules: bool = False, transformers: str | None = None, recipe: Recipe | None = None
+             ) -> ParityReport:
     """Port side: convert (or load `port`), run on the dump's inputs, diff; then render reports. OUT is locked for
-    the run; when the registry knows the dump's recipe id, its tolerances travel along so the report names every
-    capture the dump's own recipe judges more loosely. `transformers` picks another transformers release for the port
-    environment (default: the pinned one)."""
+    the run; when the registry knows the judged recipe's id, its tolerances travel along so the report names every
+    capture the judged recipe treats more loosely. `transformers` picks another transformers release for the port
+    environment (default: the pinned one); `recipe` replaces the dump's own for porting and judging (it must describe
+    the same original computation)."""
     env = port_env(transformers)
     out = Path(out).expanduser().resolve()
     port = resolve_port(port) if port is not None else None
@@ -173,9 +196,9 @@ def run_diff(dump_dir: Path, backend: Backend, out: Path, *, port: str | None, d
     with output_lock(out):
         clear_stale(out, keep=local)
         manifest = load_model(DumpManifest, dump_dir / "manifest.json")
-        registry = all_recipes().get(manifest.recipe.id)
+        registry = all_recipes().get((recipe or manifest.recipe).id)
         request = PortRequest(dump=dump_dir, out=out, port=port, device=device, threads=threads, save=save,
-                              all_modules=all_modules, mutate=mutation,
+                              all_modules=all_modules, mutate=mutation, recipe=recipe,
                               registry_tolerance=registry.tolerance if registry else None,
                               registry_recipe_hash=registry.recipe_hash() if registry else None)
         on_progress(f"port side in the {env} environment")
@@ -275,3 +298,27 @@ def convert_origins(recipe: Recipe, backend: Backend, out_root: Path, origins: l
         if len(origins) > 1:
             compare_origins(recipe, dumps, reports, root)
         return reports
+
+
+def new_recipe(source: RecipeSource, backend: Backend, on_progress: Progress) -> tuple[Recipe, list[str]]:
+    """`parity recipe new`: the origin environment reads the original's configuration with the original tooling
+    (families whose configuration is plain constructor arguments make the recipe here), then the recipe and notes on
+    what the configuration did not say."""
+    from pydantic import ValidationError
+
+    from parity.contracts.family import recipes_module
+    from parity.contracts.io import validation_message
+
+    family = family_named(source.family)
+    if family.reads_configuration == "host":
+        if source.checkpoint is not None or source.config is not None:
+            raise ParityError(f"{source.family} recipes come from constructor arguments (--arg key=value); check a "
+                              "checkpoint against the recipe with `parity dump --recipe FILE --checkpoint PATH`")
+        try:
+            return recipes_module(source.family).new_recipe(source, dict(source.arguments)), []
+        except ValidationError as exc:
+            raise ParityError(f"the recipe made from the arguments is invalid: {validation_message(exc)}") from None
+    backend.prepare(source.origin, on_progress)
+    response = backend.run(source.origin, RecipeRequest(source=source),
+                           log=cache_dir() / "logs" / f"recipe-{source.id}.log", on_progress=on_progress)
+    return response.recipe, response.notes

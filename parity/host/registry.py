@@ -14,10 +14,17 @@ import pkgutil
 from pathlib import Path
 
 from parity.contracts.errors import ParityError
-from parity.contracts.family import Family, OriginModule, PortModule, missing_members
+from parity.contracts.family import (
+    CONFIGURATION_READER,
+    Family,
+    OriginModule,
+    PortModule,
+    RecipesModule,
+    missing_members,
+)
 from parity.contracts.recipe import Recipe
 
-HALVES: dict[str, type] = {"origin": OriginModule, "port": PortModule}
+HALVES: dict[str, type] = {"origin": OriginModule, "port": PortModule, "recipes": RecipesModule}
 """Module name in a family package -> the Protocol it must satisfy."""
 
 
@@ -36,8 +43,9 @@ def defined_names(path: Path) -> set[str]:
     return names
 
 
-def check_family_modules(name: str, folder: Path) -> None:
-    """Each half exists and defines what its Protocol requires; the error names the file and the missing names."""
+def check_family_modules(name: str, folder: Path, reads_configuration: str = "origin") -> None:
+    """Each half exists and defines what its Protocol requires; the error names the file and the missing names. A
+    family that reads its configuration in the origin also needs origin.py's read_configuration."""
     for half, protocol in HALVES.items():
         path = folder / f"{half}.py"
         if not path.is_file():
@@ -45,6 +53,9 @@ def check_family_modules(name: str, folder: Path) -> None:
         missing = missing_members(protocol, defined_names(path))
         if missing:
             raise ParityError(f"family {name!r}: {half}.py lacks {', '.join(missing)} ({protocol.__name__})")
+    if reads_configuration == "origin" and CONFIGURATION_READER not in defined_names(folder / "origin.py"):
+        raise ParityError(f"family {name!r}: origin.py lacks {CONFIGURATION_READER} (its Family reads the "
+                          "configuration in the origin)")
 
 
 @functools.cache
@@ -58,7 +69,7 @@ def families() -> dict[str, Family]:
         family = importlib.import_module(f"parity.families.{info.name}.family").FAMILY
         if not isinstance(family, Family) or family.name != info.name:
             raise ParityError(f"parity/families/{info.name}/family.py must define FAMILY = Family(name={info.name!r}, ...)")
-        check_family_modules(info.name, Path(parity.families.__path__[0]) / info.name)
+        check_family_modules(info.name, Path(parity.families.__path__[0]) / info.name, family.reads_configuration)
         found[family.name] = family
     return found
 
@@ -103,8 +114,16 @@ def family_of(recipe: Recipe) -> Family:
         raise ParityError(f"variant {recipe.id!r} names unknown family {recipe.family!r}") from None
 
 
+def family_named(name: str) -> Family:
+    try:
+        return families()[name]
+    except KeyError:
+        raise ParityError(f"unknown family {name!r} (known: {', '.join(families())})") from None
+
+
 def recipe_for_fixture(fixture_name: str) -> Recipe:
     for family in families().values():
         if fixture_name in family.fixture_recipes:
             return all_recipes()[family.fixture_recipes[fixture_name]]
-    raise ParityError(f"no family knows how to import fixture {fixture_name!r}")
+    raise ParityError(f"no family knows how to import fixture {fixture_name!r}: put a recipe file (recipe.json or "
+                      "recipe.yaml) in the fixture folder, or pass --recipe FILE")

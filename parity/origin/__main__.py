@@ -1,5 +1,5 @@
-"""`python -m parity.origin REQUEST.json` (generate, dump, import-fixture). The request is validated before torch
-and the family's original package are imported, so a malformed one fails fast."""
+"""`python -m parity.origin REQUEST.json` (generate, dump, import-fixture, recipe). The request is validated before
+torch and the family's original package are imported, so a malformed one fails fast."""
 
 import sys
 
@@ -16,4 +16,4 @@ def _step(name: str):
 
 
 sys.exit(serve("origin", {"generate": _step("generate"), "dump": _step("dump"),
-                          "import-fixture": _step("import_fixture")}))
+                          "import-fixture": _step("import_fixture"), "recipe": _step("new_recipe")}))

@@ -1,4 +1,4 @@
-"""The origin environment's steps: generate, dump, import-fixture (requests from parity.contracts.steps)."""
+"""The origin environment's steps: generate, dump, import-fixture, recipe (requests from parity.contracts.steps)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from parity.contracts.errors import ParityError
-from parity.contracts.family import OriginModule, load_half
+from parity.contracts.family import OriginModule, load_half, recipes_module
 from parity.contracts.hashing import sha256_file
+from parity.contracts.io import validation_message
 from parity.contracts.manifests import CheckpointRecord, DeterminismRecord, EnvironmentRecord
+from parity.contracts.paths import use_fixtures_dir
 from parity.contracts.recipe import Recipe
 from parity.contracts.steps import (
     DumpRequest,
@@ -19,6 +23,8 @@ from parity.contracts.steps import (
     GenerateResponse,
     ImportFixtureRequest,
     ImportFixtureResponse,
+    RecipeRequest,
+    RecipeResponse,
 )
 from parity.runtime.protocol import progress
 
@@ -53,6 +59,7 @@ def dump(request: DumpRequest) -> DumpResponse:
 
     recipe = request.recipe
     origin = origin_module(recipe)
+    use_fixtures_dir(request.fixtures)
     determinism = set_determinism(request.device, request.threads)
     progress("loading the original checkpoint with the original code")
     model, state_dict = origin.load_original(recipe, request.checkpoint)
@@ -94,6 +101,7 @@ def import_fixture(request: ImportFixtureRequest) -> ImportFixtureResponse:
 
     recipe = request.recipe
     fixture = request.fixture
+    use_fixtures_dir(request.fixtures)
     meta = json.loads((fixture / "fixture.json").read_text())
     checkpoint = fixture / recipe.checkpoint.filename
     ckpt = file_entry(checkpoint)
@@ -135,3 +143,25 @@ def import_fixture(request: ImportFixtureRequest) -> ImportFixtureResponse:
         raw_files={p.name: p for p in sorted(fixture.glob("image*.png"))},
     )
     return ImportFixtureResponse(dump=request.out)
+
+
+def new_recipe(request: RecipeRequest) -> RecipeResponse:
+    """`parity recipe new`: the family's origin.py reads the original project's configuration with the original
+    tooling (`read_configuration`), its recipes.py turns that data into a Recipe; a given checkpoint is then loaded
+    strictly into the original model the new recipe builds."""
+    source = request.source
+    origin = load_half(source.family, "origin", OriginModule)
+    reader = getattr(origin, "read_configuration", None)
+    if reader is None:
+        raise ParityError(f"family {source.family!r} has no read_configuration in origin.py: its recipes are made on "
+                          "the host")
+    progress("reading the original configuration with the original tooling")
+    configuration = reader(source)
+    try:
+        recipe = recipes_module(source.family).new_recipe(source, configuration)
+    except ValidationError as exc:
+        raise ParityError(f"the recipe made from the configuration is invalid: {validation_message(exc)}") from None
+    if source.checkpoint is not None:
+        progress("loading the checkpoint into the original model built from the new recipe (strict)")
+        origin.load_original(recipe, source.checkpoint)
+    return RecipeResponse(recipe=recipe, notes=list(configuration.get("notes", [])))

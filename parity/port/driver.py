@@ -64,6 +64,12 @@ def _mutation_result(family, recipe, state, processor, dump, judge, device, muta
 def run(request: PortRequest) -> PortResponse:
     set_determinism(request.device, request.threads)
     dump = Dump(request.dump)
+    if request.recipe is not None:
+        differs = dump.recipe.differs_in_computation(request.recipe)
+        if differs:
+            raise ParityError(f"the request's recipe describes another original computation than {dump.folder} "
+                              f"({differs} differs)")
+        dump.recipe = request.recipe
     recipe = dump.recipe
     if request.all_modules and not dump.manifest.modules:
         raise ParityError(f"{dump.folder} has no module captures: dump again with --all-modules")

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from parity.contracts.errors import ParityError
+from parity.contracts.paths import fixtures_dir
 from parity.contracts.recipe import Recipe
+from parity.families.clipseg.spec import returned_activation_layers
 from parity.origin.capture import CaptureLog
 from parity.origin.checkpoint import load_state_dict_file
 from parity.origin.redraw import Site, redraw
@@ -75,14 +77,17 @@ def _check(keys: set[str], expected: set[str], path: Path, what: str) -> None:
                           f"unexpected keys {unexpected[:3]} ({len(unexpected)})")
 
 
-def tower_file(recipe: Recipe, checkpoint: Path) -> Path:
-    """Where the CLIP tower of a decoder-only checkpoint lives."""
-    source = recipe.original_config["clip"]["source"]
-    if source["kind"] == "fixture":
-        return checkpoint.resolve().parent.parent / source["fixture"] / source["filename"]
-    if source["kind"] == "url":
-        return Path(os.environ.get("PARITY_CLIP_CHECKPOINT", source["in_image"]))
-    raise ParityError(f"{recipe.id}: a decoder-only checkpoint needs a CLIP tower, and the recipe names none")
+def tower_file(recipe: Recipe) -> Path:
+    """Where the CLIP tower of a decoder-only checkpoint lives (the recipe's spec.tower)."""
+    tower = recipe.spec.tower
+    if tower.kind == "fixture":
+        return fixtures_dir() / tower.fixture / tower.filename
+    if tower.kind == "openai":
+        return Path(os.environ.get("PARITY_CLIP_CHECKPOINT", tower.path))
+    if tower.kind == "file":
+        return Path(tower.path)
+    raise ParityError(f"{recipe.id}: a decoder-only checkpoint needs a CLIP tower, and spec.tower says it is inside "
+                      "the checkpoint (combined)")
 
 
 def split_layout(recipe: Recipe, state: dict[str, torch.Tensor], path: Path) -> tuple[dict, dict]:
@@ -107,8 +112,8 @@ def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tens
         return {k: v.float() for k, v in tower.items() if k not in ARCHIVE_SCALARS}
     decoder, tower = split_layout(recipe, read_tensors(checkpoint, "checkpoint"), checkpoint)
     if not tower:
-        path = tower_file(recipe, checkpoint)
-        expected = clip_cfg["source"].get("sha256")
+        path = tower_file(recipe)
+        expected = recipe.spec.tower.sha256
         if expected and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise ParityError(f"CLIP tower {path} does not have the sha256 the recipe pins ({expected[:16]}…)")
         tower = read_tensors(path, "CLIP tower")
@@ -129,11 +134,11 @@ def clip_from_state(state: dict[str, torch.Tensor]) -> nn.Module:
 def load_tower(recipe: Recipe, checkpoint: Path, tower_state: dict[str, torch.Tensor]) -> nn.Module:
     if tower_state:
         return clip_from_state(tower_state)
-    path = tower_file(recipe, checkpoint)
+    path = tower_file(recipe)
     if not path.is_file():
         raise ParityError(f"CLIP tower not found at {path} (the clipseg image bakes ViT-B-16.pt there; "
                           "set PARITY_CLIP_CHECKPOINT)")
-    if recipe.original_config["clip"]["source"]["kind"] == "url":
+    if recipe.spec.tower.kind == "openai":
         import clip
 
         model, _ = clip.load(str(path), device="cpu", jit=False)  # the unmodified loader, on a local file
@@ -318,11 +323,16 @@ def _decoder_captures(model, pixels, texts, refs: CaptureLog, on, pending) -> No
                  layout="(1+g*g, 768)")
         return table
 
+    layers = returned_activation_layers(model.extract_layers, len(model.model.transformer.resblocks))
+
     def visual_wrapper(*args, **kwargs):
         visual_q, activations, affinities = visual_forward(*args, **kwargs)
-        for i, act in enumerate(activations):
-            refs.add(f"return.activations.{i}", act.float(), module=f"return value #4, list item {i}",
-                     layout="(L, B, 768) LND")
+        if len(activations) != len(layers):
+            raise ParityError(f"visual_forward returned {len(activations)} activations, [0] + extract_layers names "
+                              f"{len(layers)} layers ({layers})")
+        for i, (act, layer) in enumerate(zip(activations, layers, strict=True)):
+            refs.add(f"return.activations.{i}", act.float(), module=f"return value #4, list item {i} (output of "
+                     f"visual resblock {layer})", layout="(L, B, 768) LND")
         refs.add("clip_model.visual.ln_post", pending.pop("clip_model.visual.ln_post").float(),
                  module="forward hook: clip_model.visual.ln_post", layout="(B, 768)")
         refs.add("return.visual_q", visual_q.float(), module="return value #2", layout="(B, 512)")

@@ -17,6 +17,7 @@ import torch
 
 from parity.contracts.errors import ParityError
 from parity.contracts.recipe import Recipe
+from parity.families.clipseg.spec import decoder_layers, returned_activation_layers, unported_option
 from parity.port.dump import Dump
 from parity.port.hooks import ForwardHooks
 from parity.port.rules import Rule, drop, rename, split_rows, transpose
@@ -51,11 +52,12 @@ def hf_config(recipe: Recipe):
     values = {"text_config": text, "vision_config": vision, "projection_dim": c["embed_dim"]}
     dec = recipe.original_config["decoder"]
     if dec is not None:
-        if dec["extra_blocks"] or dec["reduce_cond"] is not None or dec["upsample"] or dec["n_tokens"] is not None \
-                or dec["rev_activations"] or dec["trans_conv"] is not None:
-            raise ParityError(f"{recipe.id}: CLIPDensePredT options without a transformers equivalent are set")
+        option = unported_option(dec)
+        if option is not None:
+            raise ParityError(f"{recipe.id}: CLIPDensePredT option {option}={dec[option]!r} has no transformers "
+                              "equivalent")
         values.update({
-            "extract_layers": list(dec["extract_layers"]), "reduce_dim": dec["reduce_dim"],
+            "extract_layers": decoder_layers(dec["extract_layers"]), "reduce_dim": dec["reduce_dim"],
             "decoder_num_attention_heads": dec["n_heads"], "decoder_intermediate_size": 2048,
             "decoder_attention_dropout": 0.0, "conditional_layer": dec["cond_layer"],
             "use_complex_transposed_convolution": dec["complex_trans_conv"],
@@ -215,16 +217,19 @@ def _lnd(t: torch.Tensor) -> torch.Tensor:
 
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """The original returns `[activation1] + activations`: the outputs of vision layers [0] + extract_layers in the
+    order the blocks run (`returned_activation_layers`); item k pairs with the port's encoder layer of that index,
+    never with layer k. The decoder's reduces/blocks pair by module index (both meet the deepest layer first)."""
     pixels = dump.inputs["pixel_values"].to(device)
     ids = dump.inputs["input_ids"].long().to(device)
     clip = model.clip if _has_decoder(recipe) else model
     p = "clip." if _has_decoder(recipe) else ""
     c = recipe.original_config["clip"]
+    dec = recipe.original_config["decoder"]
+    returned = returned_activation_layers(dec["extract_layers"], c["vision_layers"]) if dec is not None else []
     text_last = f"{p}text_model.encoder.layers.{c['transformer_layers'] - 1}"
     paths = [f"{p}vision_model.pre_layrnorm", f"{p}vision_model.post_layernorm", text_last,
-             f"{p}text_model.final_layer_norm",
-             *[f"{p}vision_model.encoder.layers.{i}" for i in range(c["vision_layers"])]]
-    dec = recipe.original_config["decoder"]
+             f"{p}text_model.final_layer_norm", *[f"{p}vision_model.encoder.layers.{i}" for i in returned]]
     if dec is not None:
         paths += ["decoder.film_mul", "decoder.film_add", "decoder.transposed_convolution"]
         paths += [f"decoder.{kind}.{i}" for kind in ("reduces", "layers") for i in range(len(dec["extract_layers"]))]
@@ -259,9 +264,10 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
         out["return.cond"] = ("conditional_embeddings", result.conditional_embeddings)
         if tables:
             out["rescaled_pos_emb"] = ("vision embeddings.interpolate_pos_encoding(...)[0]", tables[0][0])
-        for i in range(c["vision_layers"]):
-            path = f"clip.vision_model.encoder.layers.{i}"
-            out[f"return.activations.{i}"] = (f"{path}, sequence-first", _lnd(calls.first(path)))
+        for k, layer in enumerate(returned):
+            path = f"clip.vision_model.encoder.layers.{layer}"
+            out[f"return.activations.{k}"] = (f"{path} (returned item {k} = vision layer {layer}), sequence-first",
+                                              _lnd(calls.first(path)))
         out["clip_model.visual.ln_post"] = ("clip.vision_model.post_layernorm",
                                             calls.first("clip.vision_model.post_layernorm"))
         out["return.visual_q"] = ("pooled_output (= visual_projection(post_layernorm(CLS)))", result.pooled_output)

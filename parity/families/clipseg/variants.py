@@ -20,7 +20,7 @@ from parity.contracts.recipe import (
     Recipe,
     TolerancePolicy,
 )
-from parity.families.clipseg.spec import ClipSegSpec
+from parity.families.clipseg.spec import OPENAI_TOWER_IN_IMAGE, ClipSegSpec, ClipTower
 
 LICENSE = None
 """timojl/clipseg's MIT license states that it does not apply to the model weights."""
@@ -30,7 +30,7 @@ PIPELINE_TAG = "image-segmentation"
 DECODERS = "https://owncloud.gwdg.de/index.php/s/ioHbRzFx6th32hn/download?path=%2F&files="
 CLIP_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 CLIP_B16_URL = f"https://openaipublic.azureedge.net/clip/models/{CLIP_B16_SHA256}/ViT-B-16.pt"
-CLIP_IN_IMAGE = "/opt/clip/ViT-B-16.pt"
+OPENAI_TOWER = ClipTower(kind="openai", path=OPENAI_TOWER_IN_IMAGE, url=CLIP_B16_URL, sha256=CLIP_B16_SHA256)
 TOWER_FIXTURE = "clipseg-tiny-clip-vit-b16"
 CONTAINER = "clipseg-decoder-or-combined"
 
@@ -41,8 +41,8 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 PROMPTS = ["a glass", "something to fill", "wood"]
 
 
-def clip_config(*, vision_layers: int = 12, transformer_width: int = 512, transformer_layers: int = 12,
-                source: dict[str, Any] | None = None) -> dict[str, Any]:
+def clip_config(*, vision_layers: int = 12, transformer_width: int = 512, transformer_layers: int = 12
+                ) -> dict[str, Any]:
     """clip.model.build_model's derived arguments for a ViT-B/16 tower (vision width 768 / embed 512 are fixed by
     CLIPSeg: Linear(768, rd), view(1, 768, 14, 14), film Linear(512, rd))."""
     return {
@@ -57,7 +57,6 @@ def clip_config(*, vision_layers: int = 12, transformer_width: int = 512, transf
         "transformer_heads": transformer_width // 64,
         "transformer_layers": transformer_layers,
         "layer_norm_eps": 1e-5,
-        "source": source or {"kind": "url", "url": CLIP_B16_URL, "sha256": CLIP_B16_SHA256, "in_image": CLIP_IN_IMAGE},
     }
 
 
@@ -89,7 +88,7 @@ def original_config(clip: dict[str, Any], decoder: dict[str, Any] | None, *, siz
     return {"clip": clip, "decoder": decoder, "preprocessing": {"size": size, "mean": mean, "std": std}}
 
 
-def _images(size: int, seed: int, count: int) -> list[ImageSpec]:
+def synthetic_images(size: int, seed: int, count: int) -> list[ImageSpec]:
     names = ["image"] + [f"image_{i}" for i in range(1, count)]
     return [ImageSpec(kind="synthetic", name=n, seed=seed + i, height=size, width=size) for i, n in enumerate(names)]
 
@@ -108,8 +107,8 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, redu
             clip_config(), decoder_config(reduce_dim=reduce_dim, complex_trans_conv=refined, extract_layers=[3, 6, 9]),
             size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
-        inputs=InputSpec(images=_images(352, 41, 3)),
-        spec=ClipSegSpec(texts=PROMPTS),
+        inputs=InputSpec(images=synthetic_images(352, 41, 3)),
+        spec=ClipSegSpec(texts=PROMPTS, tower=OPENAI_TOWER),
     )
 
 
@@ -131,17 +130,35 @@ TINY = Recipe(
     tiny=True,
     checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=51), container=CONTAINER),
     original_config=original_config(
-        clip_config(vision_layers=3, transformer_width=128, transformer_layers=2, source={"kind": "combined"}),
+        clip_config(vision_layers=3, transformer_width=128, transformer_layers=2),
         decoder_config(reduce_dim=16, complex_trans_conv=True, extract_layers=[1, 2]),
         size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
     hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
-    inputs=InputSpec(images=_images(352, 53, 3)),
+    inputs=InputSpec(images=synthetic_images(352, 53, 3)),
     spec=ClipSegSpec(texts=["a jar", "wood", "a photo of a cat"]),
 )
 
-TOWER_SOURCE = {"kind": "fixture", "fixture": TOWER_FIXTURE, "filename": "clip_vit_b16_tiny.pt",
-                "sha256": "a3227b044d6bf6ed606fe481044f278bbddd083e25d9f2895cd6a8473314cb5f"}
-TINY_TOWER = dict(vision_layers=3, transformer_width=128, transformer_layers=2, source=TOWER_SOURCE)
+TINY_LAYERS = Recipe(
+    id="clipseg-tiny-random-layers",
+    family="clipseg",
+    license=LICENSE,
+    origin="clipseg",
+    description="tiny CLIPSeg whose decoder reads vision layers 2 and 4 of 6 (extract_layers not starting at 1, so "
+                "the returned activations are layers 0, 2, 4), FiLM after the second block, rd16",
+    tiny=True,
+    checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=52), container=CONTAINER),
+    original_config=original_config(
+        clip_config(vision_layers=6, transformer_width=128, transformer_layers=2),
+        {**decoder_config(reduce_dim=16, complex_trans_conv=False, extract_layers=[2, 4]), "cond_layer": 1},
+        size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="CLIPSegForImageSegmentation", processor_class="CLIPSegProcessor"),
+    inputs=InputSpec(images=synthetic_images(352, 54, 2)),
+    spec=ClipSegSpec(texts=["a jar", "wood"]),
+)
+
+FIXTURE_TOWER = ClipTower(kind="fixture", fixture=TOWER_FIXTURE, filename="clip_vit_b16_tiny.pt",
+                          sha256="a3227b044d6bf6ed606fe481044f278bbddd083e25d9f2895cd6a8473314cb5f")
+TINY_TOWER = dict(vision_layers=3, transformer_width=128, transformer_layers=2)
 
 
 def _fixture(name: str, recipe_id: str, filename: str, sha256: str, decoder: dict[str, Any] | None, texts: list[str],
@@ -160,14 +177,14 @@ def _fixture(name: str, recipe_id: str, filename: str, sha256: str, decoder: dic
         hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class=model_class, processor_class="CLIPSegProcessor"),
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", name=n, fixture=name, filename=f"{n}.png")
                                  for n in names]),
-        spec=ClipSegSpec(texts=texts),
+        spec=ClipSegSpec(texts=texts, tower=FIXTURE_TOWER if decoder else ClipTower(kind="combined")),
         tolerance=TolerancePolicy(),
     )
 
 
 FIXTURE_RECIPES: dict[str, Recipe] = {
     TOWER_FIXTURE: _fixture(
-        TOWER_FIXTURE, "clipseg-fixture-clip-tower", "clip_vit_b16_tiny.pt", TOWER_SOURCE["sha256"], None, PROMPTS, 1,
+        TOWER_FIXTURE, "clipseg-fixture-clip-tower", "clip_vit_b16_tiny.pt", FIXTURE_TOWER.sha256, None, PROMPTS, 1,
         size=224, mean=CLIP_MEAN, std=CLIP_STD, model_class="CLIPSegModel"),
     "clipseg-tiny-rd16": _fixture(
         "clipseg-tiny-rd16", "clipseg-fixture-tiny-rd16", "clipseg_decoder.pth",
@@ -182,4 +199,4 @@ FIXTURE_RECIPES: dict[str, Recipe] = {
         size=352, mean=IMAGENET_MEAN, std=IMAGENET_STD, model_class="CLIPSegForImageSegmentation"),
 }
 
-VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY,) + tuple(FIXTURE_RECIPES.values())
+VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, TINY_LAYERS) + tuple(FIXTURE_RECIPES.values())

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from parity.contracts.errors import ParityError
-from parity.contracts.recipe import Recipe
 
 LABELS = Path(__file__).resolve().parent / "labels"
 
 ENCODER_FFN = 1024
 """MSDeformAttnPixelDecoder.from_config hard-codes the deformable encoder's FFN width (transformer_dim_feedforward)."""
+BACKBONE_FEATURES = ["res2", "res3", "res4", "res5"]
+"""D2SwinTransformer's output names, one per stage (stride 4, 8, 16, 32)."""
 
 
-def id2label(recipe: Recipe) -> dict[int, str]:
-    """The dataset's class names, shipped as data (parity/families/mask2former/labels/<file>.json), or numbered labels."""
-    labels = recipe.original_config.get("LABELS")
-    num_classes = recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
-    if labels:
-        names = json.loads((LABELS / labels).read_text())
-        if len(names) != num_classes:
-            raise ParityError(f"{labels} has {len(names)} class names, the config has NUM_CLASSES={num_classes}")
-        return dict(enumerate(names))
-    return {i: f"class_{i}" for i in range(num_classes)}
+def encoder_levels(cfg: dict[str, Any]) -> list[str]:
+    """The backbone features the deformable encoder reads, in the order MSDeformAttnPixelDecoder projects them
+    (input_proj.0 is the coarsest: it sorts its inputs by stride, largest first)."""
+    features = list(cfg["MODEL"]["SEM_SEG_HEAD"]["DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES"])
+    return sorted(features, key=BACKBONE_FEATURES.index, reverse=True)
 
 
 def hf_values(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -39,6 +34,14 @@ def hf_values(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ParityError("transformers' pixel decoder hard-codes 4 sampling points")
     if list(head["DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES"]) != ["res3", "res4", "res5"]:
         raise ParityError("transformers' pixel decoder hard-codes res3..res5 as deformable-encoder inputs")
+    if list(swin["OUT_FEATURES"]) != BACKBONE_FEATURES or list(head["IN_FEATURES"]) != BACKBONE_FEATURES:
+        raise ParityError(f"transformers' Swin backbone feeds all four stages {BACKBONE_FEATURES} to the pixel decoder "
+                          f"(OUT_FEATURES {swin['OUT_FEATURES']}, IN_FEATURES {head['IN_FEATURES']})")
+    decoder = m2f.get("TRANSFORMER_DECODER_NAME", "MultiScaleMaskedTransformerDecoder")
+    if decoder != "MultiScaleMaskedTransformerDecoder":
+        raise ParityError(f"transformer decoder {m2f['TRANSFORMER_DECODER_NAME']} is not supported")
+    if m2f["DEC_LAYERS"] < 1:
+        raise ParityError("DEC_LAYERS counts the prediction on the learnable queries: it must be at least 1")
     if swin.get("APE", False):
         raise ParityError("absolute position embedding in Swin is not used by any released Mask2Former")
     backbone = {

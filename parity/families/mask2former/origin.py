@@ -33,8 +33,7 @@ UPSTREAM = (f"facebookresearch/Mask2Former@{MASK2FORMER_COMMIT} on facebookresea
 PACKAGES = ("detectron2", "fvcore", "torch", "torchvision", "numpy", "pillow", "opencv-python-headless")
 MASK2FORMER_ROOT = Path(os.environ.get("MASK2FORMER_ROOT", "/opt/Mask2Former"))
 SECTIONS = ("MODEL", "INPUT", "DATASETS", "TEST")
-NOT_D2 = ("CONFIG_FILE", "LABELS", "THING_IDS", "REDUCE_LABELS")
-"""Recipe keys that are parity's own data (dataset labels/metadata), not detectron2 config keys."""
+"""The detectron2 config sections a recipe's original_config holds."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -59,9 +58,8 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def build_cfg(recipe: Recipe, device: str = "cpu"):
-    """get_cfg + add_deeplab_config + add_maskformer2_config + the upstream yaml (with its _BASE_ chain), then the
-    recipe's values. For published variants the recipe must agree with the yaml; tiny ones list their overrides."""
+def default_cfg():
+    """get_cfg + add_deeplab_config + add_maskformer2_config: detectron2's defaults with Mask2Former's keys."""
     from detectron2.config import get_cfg
     from detectron2.projects.deeplab import add_deeplab_config
     from mask2former import add_maskformer2_config
@@ -69,21 +67,36 @@ def build_cfg(recipe: Recipe, device: str = "cpu"):
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
-    config_file = MASK2FORMER_ROOT / recipe.original_config["CONFIG_FILE"]
-    if not config_file.is_file():
-        raise ParityError(f"upstream config {config_file} not found (MASK2FORMER_ROOT={MASK2FORMER_ROOT})")
-    cfg.merge_from_file(str(config_file))
+    return cfg
+
+
+def build_cfg(recipe: Recipe, device: str = "cpu"):
+    """The defaults, the upstream yaml named by spec.config_file (with its _BASE_ chain) when there is one, then the
+    recipe's values. For published variants the recipe must agree with the yaml; tiny ones list their overrides; a
+    recipe without config_file (`parity recipe new`) carries the whole merged config and is merged onto the defaults."""
+    cfg = default_cfg()
+    config_name = recipe.spec.config_file
+    if config_name is not None:
+        config_file = MASK2FORMER_ROOT / config_name
+        if not config_file.is_file():
+            raise ParityError(f"upstream config {config_file} not found (MASK2FORMER_ROOT={MASK2FORMER_ROOT})")
+        cfg.merge_from_file(str(config_file))
     wanted = _leaves({k: v for k, v in recipe.original_config.items() if k in SECTIONS})
     overrides = []
     for key, value in wanted.items():
         node, leaf = cfg, key.split(".")
-        for part in leaf[:-1]:
-            node = node[part]
-        if not _same(node[leaf[-1]], value):
-            overrides.append((key, node[leaf[-1]], value))
-    if overrides and not recipe.tiny:
+        try:
+            for part in leaf[:-1]:
+                node = node[part]
+            current = node[leaf[-1]]
+        except KeyError:
+            raise ParityError(f"recipe {recipe.id}: original_config key {key} is not a detectron2 / Mask2Former "
+                              "config key") from None
+        if not _same(current, value):
+            overrides.append((key, current, value))
+    if overrides and config_name is not None and not recipe.tiny:
         key, theirs, ours = overrides[0]
-        raise ParityError(f"recipe {recipe.id} disagrees with {recipe.original_config['CONFIG_FILE']}: {key} is "
+        raise ParityError(f"recipe {recipe.id} disagrees with {config_name}: {key} is "
                           f"{theirs!r} upstream, {ours!r} in the recipe ({len(overrides)} differences)")
     flat = []
     for key, _theirs, ours in overrides:
@@ -94,26 +107,88 @@ def build_cfg(recipe: Recipe, device: str = "cpu"):
     return cfg
 
 
-def _check_thing_ids(recipe: Recipe, cfg) -> None:
-    """The recipe's THING_IDS (used by the port side's post-processing) must be what MaskFormer reads from the
-    dataset metadata (thing_dataset_id_to_contiguous_id of DATASETS.TRAIN[0]), restricted to NUM_CLASSES."""
-    from detectron2.data import MetadataCatalog
+def dataset_metadata(name: str) -> dict[str, Any] | None:
+    """detectron2's MetadataCatalog entry of a registered dataset as data (class names, thing/stuff id maps), or None
+    when nothing is registered under that name. `import mask2former` registers its datasets' metadata."""
+    import mask2former  # noqa: F401  (registers ADE20K / COCO panoptic / Mapillary metadata)
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    ours = recipe.original_config.get("THING_IDS")
-    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    if ours is None or not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+    if name not in DatasetCatalog.list() and name not in MetadataCatalog.list():
+        return None
+    meta = MetadataCatalog.get(name)
+    keys = ("thing_classes", "stuff_classes", "thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+    found = {key: getattr(meta, key) for key in keys if hasattr(meta, key)}
+    return {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in found.items()} or None
+
+
+def read_configuration(source) -> dict[str, Any]:
+    """`parity recipe new mask2former --config FILE.yaml`: detectron2's defaults + Mask2Former's keys, the yaml merged
+    by detectron2's CfgNode (its _BASE_ chain included), dumped as data; and the metadata detectron2 registers for the
+    dataset (`--arg dataset=NAME`, default DATASETS.TRAIN[0])."""
+    import yaml
+
+    arguments = dict(source.arguments)
+    unknown = sorted(set(arguments) - {"dataset", "reduce_labels"})
+    if unknown:
+        raise ParityError(f"mask2former --arg {unknown[0]}: not an argument (dataset, reduce_labels)")
+    if source.config is None:
+        raise ParityError("a Mask2Former recipe is made from a detectron2 / Mask2Former yaml: pass --config FILE")
+    cfg = default_cfg()
+    try:
+        cfg.merge_from_file(str(source.config))
+    except Exception as exc:  # noqa: BLE001 (yacs raises KeyError / ValueError / AssertionError for bad configs)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParityError(f"{source.config} is not a detectron2 config detectron2 can merge: {reason}") from None
+    data = yaml.safe_load(cfg.dump())
+    dataset = arguments.get("dataset") or (data["DATASETS"]["TRAIN"] or [None])[0]
+    notes = []
+    metadata = dataset_metadata(dataset) if dataset else None
+    if dataset and metadata is None:
+        notes.append(f"dataset {dataset!r} is not registered in detectron2 / Mask2Former here")
+    return {"config": data, "dataset": dataset, "metadata": metadata,
+            "reduce_labels": bool(arguments.get("reduce_labels", False)), "notes": notes}
+
+
+def _check_thing_ids(recipe: Recipe, cfg) -> None:
+    """The recipe's thing classes (used by the port side's post-processing) must be what MaskFormer reads from the
+    dataset metadata (thing_dataset_id_to_contiguous_id of DATASETS.TRAIN[0]), restricted to NUM_CLASSES."""
+    ours = recipe.spec.thing_ids()
+    meta = dataset_metadata(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+    if ours is None or meta is None or "thing_dataset_id_to_contiguous_id" not in meta:
         return
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    theirs = sorted(i for i in meta.thing_dataset_id_to_contiguous_id.values() if i < num_classes)
+    theirs = sorted(i for i in meta["thing_dataset_id_to_contiguous_id"].values() if i < num_classes)
     if sorted(ours) != theirs:
-        raise ParityError(f"recipe {recipe.id}: THING_IDS {sorted(ours)[:8]}... differ from the metadata of "
+        raise ParityError(f"recipe {recipe.id}: thing classes {sorted(ours)[:8]}... differ from the metadata of "
                           f"{cfg.DATASETS.TRAIN[0]} ({theirs[:8]}...)")
+
+
+def register_metadata(recipe: Recipe, cfg) -> None:
+    """A dataset of one's own is registered by one's training script; detectron2 knows nothing of it here. MaskFormer
+    reads its metadata (thing_dataset_id_to_contiguous_id for panoptic and instance inference), so the recipe's
+    classes are registered under DATASETS.TRAIN[0] the way detectron2's panoptic registrations do: stuff_classes lists
+    every class, thing_classes the things, both id maps keyed by the dataset's own ids. Registered datasets are left
+    as detectron2 / Mask2Former define them (and checked against the recipe)."""
+    from detectron2.data import MetadataCatalog
+
+    name = cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None
+    if name is None or not recipe.spec.classes or dataset_metadata(name) is not None:
+        return
+    classes = recipe.spec.classes
+    ids = [c.dataset_id if c.dataset_id is not None else i for i, c in enumerate(classes)]
+    things = [i for i, c in enumerate(classes) if c.isthing]
+    MetadataCatalog.get(name).set(
+        stuff_classes=[c.name for c in classes], thing_classes=[classes[i].name for i in things],
+        stuff_dataset_id_to_contiguous_id={ids[i]: i for i in range(len(classes))},
+        thing_dataset_id_to_contiguous_id={ids[i]: i for i in things})
 
 
 def build_original(recipe: Recipe, device: str = "cpu") -> nn.Module:
     from detectron2.modeling import build_model
 
-    model = build_model(build_cfg(recipe, device))
+    cfg = build_cfg(recipe, device)
+    register_metadata(recipe, cfg)
+    model = build_model(cfg)
     return model.eval()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from parity.contracts.errors import ParityError
 from parity.contracts.recipe import Recipe
-from parity.families.mask2former.config import hf_values, id2label
+from parity.families.mask2former.config import BACKBONE_FEATURES, encoder_levels, hf_values
 from parity.port.dump import Dump
 from parity.port.hooks import ForwardHooks, main_output
 from parity.port.rules import Rule, drop, rename, split_rows
@@ -36,7 +36,7 @@ def hf_config(recipe: Recipe):
         else:
             values[key] = value
     backbone = SwinConfig(**values.pop("backbone_config"))
-    labels = id2label(recipe)
+    labels = recipe.spec.id2label(recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"])
     return Mask2FormerConfig(backbone_config=backbone, id2label=labels, label2id={v: k for k, v in labels.items()},
                              **values)
 
@@ -160,7 +160,7 @@ def build_processor(recipe: Recipe):
         image_mean=[m / 255.0 for m in model["PIXEL_MEAN"]],
         image_std=[s / 255.0 for s in model["PIXEL_STD"]],
         ignore_index=model["SEM_SEG_HEAD"]["IGNORE_VALUE"],
-        do_reduce_labels=bool(cfg.get("REDUCE_LABELS", False)),
+        do_reduce_labels=recipe.spec.reduce_labels,
         num_labels=model["SEM_SEG_HEAD"]["NUM_CLASSES"],
     )
 
@@ -179,10 +179,15 @@ _last_outputs: dict[str, Any] = {}
 
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
-    depths = list(recipe.original_config["MODEL"]["SWIN"]["DEPTHS"])
+    """Every pairing follows the config: one stage per Swin depth, one input projection per deformable-encoder level
+    (coarsest first), TRANSFORMER_ENC_LAYERS encoder layers, DEC_LAYERS - 1 auxiliary predictions."""
+    cfg = recipe.original_config
+    depths = list(cfg["MODEL"]["SWIN"]["DEPTHS"])
     stage_last = [f"{SWIN}.swin.encoder.layers.{i}.blocks.{d - 1}" for i, d in enumerate(depths)]
-    enc_layers = recipe.original_config["MODEL"]["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
-    paths = [f"{SWIN}.swin.embeddings", *stage_last, SWIN, *[f"{PIXEL}.input_projections.{i}" for i in range(3)],
+    enc_layers = cfg["MODEL"]["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"]
+    levels = encoder_levels(cfg)
+    paths = [f"{SWIN}.swin.embeddings", *stage_last, SWIN,
+             *[f"{PIXEL}.input_projections.{i}" for i in range(len(levels))],
              *[f"{PIXEL}.encoder.layers.{i}" for i in range(enc_layers)], PIXEL]
     hooks = ForwardHooks(model, paths)
     pixel_values = dump.inputs["pixel_values"].to(device)
@@ -199,11 +204,13 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
         out[f"backbone.layers.{i}.x_out"] = (f"{path} output[0] (last block of stage {i}, before downsampling)",
                                              main_output(calls[path][0]))
     features = calls[SWIN][0].feature_maps
-    for i, fmap in enumerate(features):
-        out[f"backbone.res{i + 2}"] = (f"SwinBackbone feature_maps[{i}] (after hidden_states_norms.stage{i + 1})", fmap)
-    for i in range(3):
+    for i, name in enumerate(cfg["MODEL"]["SWIN"]["OUT_FEATURES"]):
+        stage = BACKBONE_FEATURES.index(name)
+        out[f"backbone.{name}"] = (f"SwinBackbone feature_maps[{i}] (after hidden_states_norms.stage{stage + 1})",
+                                   features[i])
+    for i, level in enumerate(levels):
         path = f"{PIXEL}.input_projections.{i}"
-        out[f"sem_seg_head.pixel_decoder.input_proj.{i}"] = (path, calls[path][0])
+        out[f"sem_seg_head.pixel_decoder.input_proj.{i}"] = (f"{path} ({level})", calls[path][0])
     for i in range(enc_layers):
         path = f"{PIXEL}.encoder.layers.{i}"
         out[f"sem_seg_head.pixel_decoder.transformer.encoder.layers.{i}"] = (f"{path} output[0]", main_output(calls[path][0]))
@@ -214,7 +221,11 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
                                                        decoded.mask_features)
     out["sem_seg_head.predictor.pred_logits"] = ("class_queries_logits", outputs.class_queries_logits)
     out["sem_seg_head.predictor.pred_masks"] = ("masks_queries_logits", outputs.masks_queries_logits)
-    for i, aux in enumerate(outputs.auxiliary_logits or []):
+    auxiliary = outputs.auxiliary_logits or []
+    if len(auxiliary) != cfg["MODEL"]["MASK_FORMER"]["DEC_LAYERS"] - 1:
+        raise ParityError(f"the port returned {len(auxiliary)} auxiliary predictions; DEC_LAYERS="
+                          f"{cfg['MODEL']['MASK_FORMER']['DEC_LAYERS']} makes the original return DEC_LAYERS - 1")
+    for i, aux in enumerate(auxiliary):
         out[f"sem_seg_head.predictor.aux_outputs.{i}.pred_logits"] = (f"auxiliary_logits[{i}].class_queries_logits",
                                                                       aux["class_queries_logits"])
         out[f"sem_seg_head.predictor.aux_outputs.{i}.pred_masks"] = (f"auxiliary_logits[{i}].masks_queries_logits",

@@ -43,17 +43,19 @@ def _semantic(mask_cls, mask_pred):
     return torch.einsum("qc,qhw->chw", F.softmax(mask_cls, dim=-1)[..., :-1], mask_pred.sigmoid())
 
 
-def _thing_ids(cfg: dict) -> set[int]:
-    things = cfg.get("THING_IDS")
+def _thing_ids(recipe) -> set[int]:
+    things = recipe.spec.thing_ids()
     if things is None:
-        raise ParityError("the recipe has no THING_IDS (dataset metadata) for panoptic/instance post-processing")
+        raise ParityError("the recipe's classes have no thing/stuff split (spec.classes[].isthing) for panoptic or "
+                          "instance post-processing")
     return set(things)
 
 
-def _panoptic(cfg, mask_cls, mask_pred):
+def _panoptic(recipe, mask_cls, mask_pred):
+    cfg = recipe.original_config
     test = cfg["MODEL"]["MASK_FORMER"]["TEST"]
     num_classes = cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
-    things = _thing_ids(cfg)
+    things = _thing_ids(recipe)
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     mask_pred = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > test["OBJECT_MASK_THRESHOLD"])
@@ -86,7 +88,8 @@ def _panoptic(cfg, mask_cls, mask_pred):
     return panoptic, segments
 
 
-def _instances(cfg, mask_cls, mask_pred, panoptic_on: bool):
+def _instances(recipe, mask_cls, mask_pred, panoptic_on: bool):
+    cfg = recipe.original_config
     num_classes = cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"]
     queries = mask_cls.shape[0]
     topk = cfg["TEST"]["DETECTIONS_PER_IMAGE"]
@@ -96,7 +99,7 @@ def _instances(cfg, mask_cls, mask_pred, panoptic_on: bool):
     top_labels = labels[top_index]
     mask_pred = mask_pred[top_index // num_classes]
     if panoptic_on:
-        things = _thing_ids(cfg)
+        things = _thing_ids(recipe)
         keep = torch.tensor([int(label) in things for label in top_labels], dtype=torch.bool)
         top_scores, top_labels, mask_pred = top_scores[keep], top_labels[keep], mask_pred[keep]
     binary = (mask_pred > 0).float()
@@ -126,12 +129,12 @@ def port_outputs(recipe, processor, dump, outputs) -> dict:
             sem = _sem_seg_postprocess(sem, image_size, height, width)
         out["return.sem_seg"] = (f"semantic_inference ({rule})", sem)
     if panoptic_on:
-        panoptic, segments = _panoptic(cfg, mask_cls, mask_pred)
+        panoptic, segments = _panoptic(recipe, mask_cls, mask_pred)
         out["return.panoptic_seg"] = (f"panoptic_inference ids ({rule})", panoptic.float())
         out["return.panoptic_seg.segments_info"] = (f"panoptic_inference segments [id, isthing, category] ({rule})",
                                                    torch.tensor(segments, dtype=torch.float32).reshape(-1, 3))
     if instance_on:
-        masks, scores, classes = _instances(cfg, mask_cls, mask_pred, panoptic_on)
+        masks, scores, classes = _instances(recipe, mask_cls, mask_pred, panoptic_on)
         out["return.instances.pred_masks"] = (f"instance_inference masks ({rule})", masks)
         out["return.instances.scores"] = (f"instance_inference scores ({rule})", scores)
         out["return.instances.pred_classes"] = (f"instance_inference classes ({rule})", classes.float())
@@ -153,7 +156,7 @@ def image_processor_checks(recipe, processor, dump, outputs) -> list[tuple]:
                        "post_process_semantic_segmentation label map vs argmax of the original's sem_seg",
                        refs["return.sem_seg"].argmax(0).float(), labels.float().cpu()))
     if "return.panoptic_seg" in refs:
-        things = set(cfg.get("THING_IDS") or [])
+        things = set(recipe.spec.thing_ids() or [])
         result = processor.post_process_panoptic_segmentation(
             outputs, threshold=test["OBJECT_MASK_THRESHOLD"], overlap_mask_area_threshold=test["OVERLAP_THRESHOLD"],
             label_ids_to_fuse={c for c in range(num_classes) if c not in things}, target_sizes=[(height, width)])[0]

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from parity.contracts.familyspec import DatasetClass
 from parity.contracts.recipe import (
     CheckpointSource,
     GenerateSpec,
@@ -22,6 +23,7 @@ from parity.contracts.recipe import (
     ToleranceOverride,
     TolerancePolicy,
 )
+from parity.families.mask2former.spec import Mask2FormerSpec
 
 LICENSE = "cc-by-nc-4.0"
 """facebookresearch/Mask2Former's LICENSE is CC BY-NC 4.0."""
@@ -84,22 +86,32 @@ def _thing_ids(things: str | list[int] | None) -> list[int] | None:
     return things
 
 
+def dataset_spec(dataset: str, task: str, *, num_classes: int | None = None, thing_ids: list[int] | None = None,
+                 named: bool = True, config_file: str | None = None) -> Mask2FormerSpec:
+    """The dataset metadata of a (dataset, task) as a recipe section: class names shipped in labels/*.json (the first
+    num_classes of them for tiny variants; numbered when `named` is False), the thing/stuff split from the thing ids,
+    the training dataset's detectron2 name."""
+    data = DATASETS[(dataset, task)]
+    count = data["classes"] if num_classes is None else num_classes
+    names = json.loads((LABELS / data["labels"]).read_text())[:count] if named else [f"class_{i}" for i in range(count)]
+    things = _thing_ids(data.get("things")) if thing_ids is None else thing_ids
+    classes = [DatasetClass(name=name, isthing=None if things is None else i in things) for i, name in enumerate(names)]
+    return Mask2FormerSpec(dataset=data["train"], classes=classes, reduce_labels=data.get("reduce_labels", False),
+                           config_file=config_file)
+
+
 FOLDERS = {"coco": "coco", "ade": "ade20k", "cityscapes": "cityscapes", "mapillary-vistas": "mapillary-vistas"}
 URL_FOLDERS = {"coco": "coco", "ade": "ade20k", "cityscapes": "cityscapes", "mapillary-vistas": "mapillary_vistas"}
 
 
 def d2_config(size: str, dataset: str, task: str, *, queries: int = 100, min_size: int | None = None,
-              max_size: int | None = None, config_file: str = "") -> dict[str, Any]:
+              max_size: int | None = None) -> dict[str, Any]:
     """The merged detectron2 CfgNode (get_cfg + add_deeplab_config + add_maskformer2_config + the yaml chain),
     restricted to the keys that define the model, its test-time input pipeline and its post-processing."""
     embed, depths, heads, window, pretrain = SWIN[size]
     data = DATASETS[(dataset, task)]
     semantic_on, instance_on, panoptic_on = data["flags"]
     return {
-        "CONFIG_FILE": config_file,
-        "LABELS": data["labels"],
-        "THING_IDS": _thing_ids(data.get("things")),
-        "REDUCE_LABELS": data.get("reduce_labels", False),
         "MODEL": {
             "META_ARCHITECTURE": "MaskFormer",
             "BACKBONE": {"NAME": "D2SwinTransformer"},
@@ -152,9 +164,9 @@ def _zoo(size: str, dataset: str, task: str, run: str, md5: str, *, queries: int
         hub_id=f"facebook/mask2former-swin-{hub_size}-{dataset}-{task}",
         checkpoint=CheckpointSource(kind="url", url=url, trust=TOFU, container="detectron2-pkl",
                                     filename=f"model_final_{md5}.pkl"),
-        original_config=d2_config(size, dataset, task, queries=queries, min_size=min_size, max_size=max_size,
-                                  config_file=config_file),
+        original_config=d2_config(size, dataset, task, queries=queries, min_size=min_size, max_size=max_size),
         hf=HF,
+        spec=dataset_spec(dataset, task, config_file=config_file),
         inputs=InputSpec(images=[ImageSpec(kind="synthetic", seed=7, height=480, width=640)]),
         tolerance=TolerancePolicy(),
     )
@@ -216,20 +228,19 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(size: str, dataset: str, task: str, *, num_classes: int, min_size: int, max_size: int,
-                detections: int, config_file: str, thing_ids: list[int] | None) -> dict[str, Any]:
+                detections: int) -> dict[str, Any]:
     """The fixture's config: the upstream yaml's merged config with the fixture's merge_from_list overrides."""
-    cfg = copy.deepcopy(d2_config(size, dataset, task, config_file=config_file))
+    cfg = copy.deepcopy(d2_config(size, dataset, task))
     for section, values in TINY_OVERRIDES.items():
         cfg["MODEL"][section].update(copy.deepcopy(values))
     cfg["MODEL"]["SEM_SEG_HEAD"]["NUM_CLASSES"] = num_classes
     cfg["INPUT"].update({"MIN_SIZE_TEST": min_size, "MAX_SIZE_TEST": max_size})
     cfg["TEST"]["DETECTIONS_PER_IMAGE"] = detections
-    cfg["LABELS"] = None
-    cfg["THING_IDS"] = thing_ids
     return cfg
 
 
-def _fixture(name: str, recipe_id: str, sha256: str, config: dict[str, Any], like: str) -> Recipe:
+def _fixture(name: str, recipe_id: str, sha256: str, config: dict[str, Any], spec: Mask2FormerSpec,
+             like: str) -> Recipe:
     return Recipe(
         id=recipe_id,
         family="mask2former",
@@ -242,6 +253,7 @@ def _fixture(name: str, recipe_id: str, sha256: str, config: dict[str, Any], lik
         original_config=config,
         hf=HF,
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", fixture=name, filename="image.png")]),
+        spec=spec,
         tolerance=FIXTURE_TOLERANCE,
     )
 
@@ -259,14 +271,15 @@ FIXTURE_TOLERANCE = TolerancePolicy(overrides={
 FIXTURE_RECIPES: tuple[Recipe, ...] = (
     _fixture("mask2former-tiny-swin-coco-instance", "mask2former-fixture-tiny-coco-instance",
              "1e2e92e9615421ef56360bb7734e357cad93ec554ed2381c49870cd6bba762b7",
-             tiny_config("tiny", "coco", "instance", num_classes=5, min_size=80, max_size=1333, detections=10,
-                         thing_ids=[0, 1, 2, 3, 4],
-                         config_file="configs/coco/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"),
+             tiny_config("tiny", "coco", "instance", num_classes=5, min_size=80, max_size=1333, detections=10),
+             dataset_spec("coco", "instance", num_classes=5, thing_ids=[0, 1, 2, 3, 4], named=False,
+                          config_file="configs/coco/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"),
              "facebook/mask2former-swin-tiny-coco-instance"),
     _fixture("mask2former-tiny-swin-ade-semantic", "mask2former-fixture-tiny-ade-semantic",
              "d3c47356d1cbecd5b10e0b03deb06891fcb706420b67698d759dae0539dbe7eb",
-             tiny_config("tiny", "ade", "semantic", num_classes=7, min_size=72, max_size=2048, detections=100, thing_ids=None,
-                         config_file="configs/ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml"),
+             tiny_config("tiny", "ade", "semantic", num_classes=7, min_size=72, max_size=2048, detections=100),
+             dataset_spec("ade", "semantic", num_classes=7, named=False,
+                          config_file="configs/ade20k/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_160k.yaml"),
              "facebook/mask2former-swin-tiny-ade-semantic"),
 )
 FIXTURES = {r.checkpoint.fixture: r.id for r in FIXTURE_RECIPES}
@@ -281,12 +294,14 @@ def _tiny_random(recipe_id: str, description: str, seed: int, dataset: str, task
     files = {("ade", "panoptic"): "configs/ade20k/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_160k.yaml",
              ("cityscapes", "semantic"): "configs/cityscapes/semantic-segmentation/swin/maskformer2_swin_tiny_bs16_90k.yaml"}
     cfg = tiny_config("tiny", dataset, task, num_classes=num_classes, min_size=min_size, max_size=1333,
-                      detections=10, config_file=files[(dataset, task)], thing_ids=thing_ids)
+                      detections=10)
     cfg["MODEL"]["SWIN"].update({"WINDOW_SIZE": window, "DEPTHS": depths})
     return Recipe(
         id=recipe_id, family="mask2former", license=LICENSE, origin="detectron2", description=description, tiny=True,
         checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=seed), container="detectron2-pkl"),
         original_config=cfg, hf=HF,
+        spec=dataset_spec(dataset, task, num_classes=num_classes, thing_ids=thing_ids, named=False,
+                          config_file=files[(dataset, task)]),
         inputs=InputSpec(images=[ImageSpec(kind="synthetic", seed=seed, height=height, width=width)]),
         tolerance=FIXTURE_TOLERANCE,
     )
@@ -303,4 +318,34 @@ TINY_RANDOM: tuple[Recipe, ...] = (
                  window=5, depths=[1, 2, 1, 1], num_classes=4, thing_ids=None, height=90, width=160, min_size=64),
 )
 
-VARIANTS: tuple[Recipe, ...] = _table() + FIXTURE_RECIPES + TINY_RANDOM
+FIELD_CLASSES = [DatasetClass(name=name, isthing=isthing, dataset_id=dataset_id) for name, isthing, dataset_id in (
+    ("tractor", True, 11), ("person", True, 12), ("crop row", False, 21), ("soil", False, 22), ("sky", False, 23),
+    ("hedge", False, 24))]
+"""A made-up dataset of one's own: two things, four stuff classes, dataset ids that are not the label ids."""
+
+
+def _tiny_custom_classes() -> Recipe:
+    """A fine-tune on one's own panoptic dataset (not registered in detectron2): 6 classes with their names, thing /
+    stuff split and dataset ids as recipe data, 8 queries, DEC_LAYERS 3 (two decoder layers), one deformable encoder
+    layer, generated by the original code from the COCO panoptic yaml."""
+    config_file = "configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
+    cfg = tiny_config("tiny", "coco", "panoptic", num_classes=len(FIELD_CLASSES), min_size=96, max_size=1333,
+                      detections=8)
+    cfg["MODEL"]["SWIN"].update({"WINDOW_SIZE": 4, "DEPTHS": [1, 1, 2, 1]})
+    cfg["MODEL"]["SEM_SEG_HEAD"]["TRANSFORMER_ENC_LAYERS"] = 1
+    cfg["MODEL"]["MASK_FORMER"].update({"NUM_OBJECT_QUERIES": 8, "DEC_LAYERS": 3})
+    cfg["DATASETS"] = {"TRAIN": ["fields_panoptic_train"], "TEST": ["fields_panoptic_val"]}
+    return Recipe(
+        id="mask2former-tiny-random-custom-classes", family="mask2former", license=LICENSE, origin="detectron2",
+        tiny=True,
+        description="tiny Swin Mask2Former on its own 6-class panoptic dataset (2 things, 4 stuff, own dataset ids), "
+                    "8 queries, 2 decoder layers, 1 encoder layer",
+        checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=2003), container="detectron2-pkl"),
+        original_config=cfg, hf=HF,
+        spec=Mask2FormerSpec(dataset="fields_panoptic_train", classes=FIELD_CLASSES, config_file=config_file),
+        inputs=InputSpec(images=[ImageSpec(kind="synthetic", seed=2003, height=72, width=96)]),
+        tolerance=FIXTURE_TOLERANCE,
+    )
+
+
+VARIANTS: tuple[Recipe, ...] = _table() + FIXTURE_RECIPES + TINY_RANDOM + (_tiny_custom_classes(),)

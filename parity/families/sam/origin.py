@@ -112,6 +112,60 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
+class _Captured(Exception):
+    """Raised by the stand-in for _build_sam once it has the arguments a registry builder passes."""
+
+
+def builder_arguments(builder: str) -> dict[str, Any]:
+    """What `sam_model_registry[builder](checkpoint=None)` passes to `_build_sam`, read by calling the ORIGINAL
+    builder with `_build_sam` replaced for the call (nothing is built)."""
+    import importlib
+
+    build_sam = importlib.import_module("segment_anything.build_sam")  # the package exports a function of that name
+    if builder not in build_sam.sam_model_registry:
+        raise ParityError(f"sam builder {builder!r} is not in segment_anything's sam_model_registry "
+                          f"({', '.join(build_sam.sam_model_registry)})")
+    captured: dict[str, Any] = {}
+
+    def stand_in(**kwargs):
+        captured.update(kwargs)
+        raise _Captured
+
+    original = build_sam._build_sam
+    build_sam._build_sam = stand_in
+    try:
+        build_sam.sam_model_registry[builder](checkpoint=None)
+    except _Captured:
+        pass
+    finally:
+        build_sam._build_sam = original
+    return captured
+
+
+def read_configuration(source) -> dict[str, Any]:
+    """SAM build arguments for `parity recipe new sam`: a registry builder's (`--arg builder=vit_b`), then what the
+    checkpoint's tensor shapes say (`--checkpoint`), then explicit `--arg` values, each overriding the one before."""
+    from parity.families.sam.recipes import arguments_from_shapes, registry_arguments
+
+    arguments = dict(source.arguments)
+    builder = arguments.pop("builder", None)
+    build: dict[str, Any] = {}
+    read_from, notes = [], []
+    if builder is not None:
+        build.update(registry_arguments(builder_arguments(str(builder))))
+        read_from.append(f"sam_model_registry[{builder!r}]")
+    if source.checkpoint is not None:
+        state = load_state_dict_file(source.checkpoint)
+        inferred, notes = arguments_from_shapes({k: tuple(v.shape) for k, v in state.items()})
+        build.update(inferred)
+        notes = [note for note in notes if note.split(" ", 1)[0] not in arguments]
+        read_from.append(f"the shapes in {source.checkpoint.name}")
+    if arguments:
+        build.update(arguments)
+        read_from.append("build arguments")
+    return {"build": build, "read_from": read_from, "notes": notes}
+
+
 def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tensor]:
     """Fixtures go through the same original loader as any checkpoint."""
     return load_original(recipe, checkpoint)[1]

@@ -16,6 +16,8 @@ from parity.port.rules import Rule, drop, rename
 
 ENC = r"image_encoder\."
 DEC = r"mask_decoder\."
+HYPERNETWORK_DEPTH = 3
+"""segment_anything's MaskDecoder builds every output hypernetwork as MLP(dim, dim, dim // 8, 3): not an argument."""
 
 
 def hf_config(recipe: Recipe):
@@ -117,7 +119,7 @@ def rules(recipe: Recipe) -> list[Rule]:
         rename("upscaling norm", DEC + r"output_upscaling\.1\.(weight|bias)", r"mask_decoder.upscale_layer_norm.\1"),
         rename("upscaling convT 2", DEC + r"output_upscaling\.3\.(weight|bias)", r"mask_decoder.upscale_conv2.\1"),
         *_feed_forward("hypernetwork mlp", DEC + r"output_hypernetworks_mlps\.(\d+)",
-                       r"mask_decoder.output_hypernetworks_mlps.\1", 3),
+                       r"mask_decoder.output_hypernetworks_mlps.\1", HYPERNETWORK_DEPTH),
         *_feed_forward("iou head", DEC + r"iou_prediction_head", "mask_decoder.iou_prediction_head", dec["iou_head_depth"]),
         drop("pixel normalisation constants (processor settings in HF, not weights)", r"pixel_(mean|std)"),
     ]

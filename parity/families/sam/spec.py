@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,9 +20,12 @@ class PromptCase(Strict):
     boxes: list[list[float]] | None = None
     """Boxes (x0, y0, x1, y1) in pixels of the raw image, shape (prompts, 4)."""
     mask_from: str | None = None
-    """Feed back the low-res logits of an earlier case as a mask prompt."""
-    mask_index: int | None = Field(default=None, ge=0, le=2)
-    """Which of the three multimask outputs of mask_from to feed back; None picks the highest predicted IoU."""
+    """Feed back the low-res logits of an earlier case as a mask prompt (the name of an earlier case)."""
+    mask_index: int | None = Field(default=None, ge=0)
+    """Which of mask_from's multimask outputs (`low_res_logits[:, i]`, i < num_multimask_outputs; output i is mask
+    token i + 1) is fed back; None picks, as SamPredictor users do, the one with the highest predicted IoU of
+    mask_from's first prompt. The origin records the chosen mask as `<case>.mask_inputs`, so the port receives the
+    same tensor."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PromptCase:
@@ -50,6 +53,13 @@ class SamSpec(FamilySpec):
     """This section is SAM's."""
     prompts: dict[str, PromptCase] = Field(default_factory=dict)
     """Named prompt cases, each one decoder call on the image embedding, in order."""
+
+    def check_original_config(self, original_config: dict[str, Any]) -> None:
+        outputs = original_config.get("mask_decoder", {}).get("num_multimask_outputs")
+        for name, case in self.prompts.items():
+            if case.mask_index is not None and outputs is not None and case.mask_index >= outputs:
+                raise ValueError(f"prompt case {name!r}: mask_index {case.mask_index} but the decoder has "
+                                 f"{outputs} multimask outputs")
 
     @model_validator(mode="after")
     def _mask_sources_exist(self) -> SamSpec:

@@ -149,7 +149,11 @@ def _real(
     )
 
 
-def _tiny(variant_id: str, description: str, seed: int, **config: Any) -> Recipe:
+def _tiny(variant_id: str, description: str, seed: int, *, image: tuple[int, int] = (75, 100),
+          mask_index: int | None = None, **config: Any) -> Recipe:
+    inputs = synthetic_inputs(*image)
+    if mask_index is not None:
+        inputs["spec"].prompts["point_mask"].mask_index = mask_index
     return Recipe(
         id=variant_id,
         family="sam",
@@ -160,7 +164,7 @@ def _tiny(variant_id: str, description: str, seed: int, **config: Any) -> Recipe
         checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=seed), container="torch-state-dict"),
         original_config=original_config(**config),
         hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="SamModel", processor_class="SamProcessor"),
-        **synthetic_inputs(75, 100),
+        **inputs,
     )
 
 
@@ -191,6 +195,11 @@ PUBLISHED_AND_TINY: tuple[Recipe, ...] = (
     _tiny("slimsam-tiny-random", "tiny SlimSAM-77 proportions (head dim 14, mlp 4.14x, window 3 with padding)",
           seed=12, embed_dim=56, mlp_dim=232, depth=4, num_heads=4, global_attn_indexes=[1, 3], img_size=128,
           window_size=3, out_chans=32, **TINY_DECODER),
+    _tiny("sam-tiny-random-global", "tiny SAM with global attention at blocks 0, 2 and 4 of 5 (first and last "
+          "included), window 3 padded to 12 on a 10x10 grid, a 4-layer 2-head decoder, mask 2 fed back",
+          seed=13, image=(94, 125), mask_index=2, embed_dim=48, depth=5, num_heads=3, global_attn_indexes=[0, 2, 4],
+          img_size=160, window_size=3, out_chans=24, prompt_embed_dim=24, decoder_depth=3, decoder_heads=2,
+          decoder_mlp_dim=40, iou_head_hidden_dim=20),
 )
 
 

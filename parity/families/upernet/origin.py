@@ -38,6 +38,9 @@ ADE20K_PALETTE_SEED = 0
 def _stack(recipe: Recipe) -> str:
     if recipe.origin not in ("mmseg0", "mmseg1"):
         raise ParityError(f"upernet origin {recipe.origin!r} is not one of mmseg0, mmseg1")
+    if recipe.origin not in recipe.original_config:
+        raise ParityError(f"{recipe.id}: original_config has no {recipe.origin} section (a recipe made from one "
+                          "stack's config runs in that stack)")
     return recipe.origin
 
 
@@ -97,6 +100,76 @@ def build_original(recipe: Recipe) -> nn.Module:
     return model.eval()
 
 
+def _plain(value: Any) -> Any:
+    """A config value as JSON data (ConfigDicts to dicts, tuples to lists)."""
+    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
+def _dataset_facts(stack: str, dataset: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The test dataset's class names and reduce_zero_label as the stack's own dataset class sets them: built over an
+    empty folder (0.x) or lazily (1.x), so no data is read."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as empty:
+        try:
+            if stack == "mmseg0":
+                from mmseg.datasets import build_dataset
+
+                built = build_dataset({**dataset, "data_root": empty, "img_dir": "", "ann_dir": None})
+                classes, reduce = built.CLASSES, built.reduce_zero_label
+            else:
+                from mmseg.registry import DATASETS
+                from mmseg.utils import register_all_modules
+
+                register_all_modules()
+                built = DATASETS.build({**dataset, "data_root": empty, "lazy_init": True})
+                classes, reduce = built.metainfo.get("classes"), built.reduce_zero_label
+        except Exception as exc:  # noqa: BLE001 (any dataset class may refuse; the recipe then says so)
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            notes.append(f"the test dataset {dataset.get('type')!r} could not be built ({reason}): no class names, "
+                         "reduce_zero_label False")
+            return {"type": dataset.get("type"), "classes": [], "reduce_zero_label": False}
+    return {"type": dataset.get("type"), "classes": [str(c) for c in classes or []], "reduce_zero_label": bool(reduce)}
+
+
+def read_configuration(source) -> dict[str, Any]:
+    """`parity recipe new upernet --config FILE`: the config read by the stack's own Config (mmcv.Config in mmseg0,
+    mmengine's Config in mmseg1, `_base_` files included), its model and test pipeline as data, and its test
+    dataset's classes and reduce_zero_label from the stack's dataset class."""
+    stack = source.origin
+    if stack not in UPSTREAM_BY_STACK:
+        raise ParityError(f"upernet origin {stack!r} is not one of {', '.join(UPSTREAM_BY_STACK)}")
+    if source.config is None:
+        raise ParityError("an UperNet recipe is made from an mmsegmentation config: pass --config FILE")
+    _import_stack(stack)
+    try:
+        if stack == "mmseg0":
+            import mmcv
+
+            cfg = mmcv.Config.fromfile(str(source.config))
+        else:
+            from mmengine import Config
+
+            cfg = Config.fromfile(str(source.config))
+    except Exception as exc:  # noqa: BLE001 (a config is Python: any error is the config's)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc).strip() else type(exc).__name__
+        other = "mmseg1" if stack == "mmseg0" else "mmseg0"
+        raise ParityError(f"{source.config} is not readable by the {stack} Config ({reason}); an mmseg "
+                          f"{'1' if stack == 'mmseg0' else '0'}.x config needs --origin {other}") from None
+    data = _plain(cfg._cfg_dict.to_dict())
+    if "model" not in data:
+        raise ParityError(f"{source.config} defines no model")
+    notes: list[str] = []
+    raw = cfg.get("data", {}).get("test") if stack == "mmseg0" else cfg.get("test_dataloader", {}).get("dataset")
+    test = _plain(raw) if raw else {}
+    pipeline = data.get("test_pipeline") or test.get("pipeline")
+    if not pipeline:
+        raise ParityError(f"{source.config} has no test pipeline")
+    dataset = _dataset_facts(stack, dict(raw), notes) if test.get("type") else {"classes": [],
+                                                                                  "reduce_zero_label": False}
+    return {"stack": stack, "model": data["model"], "test_pipeline": pipeline, "dataset": dataset, "notes": notes}
+
+
 def redraw_rule(site: Site) -> torch.Tensor:
     """Scales for re-drawing EVERY parameter and float buffer (BN running statistics too); integer counters stay 0."""
     owner, leaf, normal = site.owner, site.leaf, site.normal
@@ -117,10 +190,8 @@ def redraw_rule(site: Site) -> torch.Tensor:
 
 
 def _meta(recipe: Recipe, seed: int) -> dict[str, Any]:
-    from parity.families.upernet.variants import ade20k_id2label
-
     num_classes = recipe.original_config[recipe.origin]["model"]["decode_head"]["num_classes"]
-    labels = ade20k_id2label()
+    labels = recipe.spec.id2label(num_classes)
     classes = tuple(labels[i] for i in range(num_classes))
     palette = np.random.RandomState(ADE20K_PALETTE_SEED).randint(0, 255, size=(num_classes, 3)).tolist()
     return {"seed": seed, "exp_name": f"parity generate {recipe.id}", "CLASSES": classes, "PALETTE": palette,
@@ -242,10 +313,11 @@ def run_captures(recipe: Recipe, model: nn.Module, images: dict[str, np.ndarray]
         add("backbone.input", args[0], "forward pre-hook: backbone, args[0]")
 
     handles.append(model.backbone.register_forward_pre_hook(on_backbone_input))
-    for i in range(4):
+    for i in range(len(model.backbone.stages)):
         hook_output(f"backbone.downsample_layers.{i}")
         hook_output(f"backbone.stages.{i}")
-        hook_output(f"backbone.norm{i}")
+    for i in model.backbone.out_indices:
+        hook_output(f"backbone.norm{i}", meaning=f"backbone output {i} (out_indices)")
     head = model.decode_head
     for i in range(len(head.lateral_convs)):
         hook_output(f"decode_head.lateral_convs.{i}", meaning="lateral ConvModule before the top-down addition")
@@ -353,8 +425,13 @@ def _run_mmseg1(model, bgr: np.ndarray, inputs: CaptureLog, add):
 
 
 def _auxiliary(model, refs: CaptureLog, add, device: str) -> None:
-    """The auxiliary FCNHead is not used at inference: run it explicitly on the four backbone outputs."""
-    feats = [refs.tensors[f"backbone.norm{i}"].to(device) for i in range(4)]
+    """The auxiliary FCNHead is not used at inference: run it explicitly on the backbone outputs (it picks its own
+    in_index among them). A config without one has nothing to capture."""
+    if getattr(model, "auxiliary_head", None) is None:
+        return
+    if isinstance(model.auxiliary_head, nn.ModuleList):
+        raise ParityError("several auxiliary heads: transformers' UperNet has one")
+    feats = [refs.tensors[f"backbone.norm{i}"].to(device) for i in model.backbone.out_indices]
     handles = []
     for path in ("auxiliary_head.convs", "auxiliary_head.conv_seg"):
         def hook(_module, _args, output, path=path):

@@ -13,71 +13,50 @@ import torch
 from torch.nn import functional as F
 
 from parity.contracts.recipe import Recipe
+from parity.families.upernet.config import arch, model_cfg, structure
 from parity.port.dump import Dump
 from parity.port.hooks import ForwardHooks
 from parity.port.rules import Rule, rename
-
-ARCH_SETTINGS = {
-    # mmcls 0.25 / mmpretrain 1.2 ConvNeXt.arch_settings
-    "tiny": {"depths": [3, 3, 9, 3], "channels": [96, 192, 384, 768]},
-    "small": {"depths": [3, 3, 27, 3], "channels": [96, 192, 384, 768]},
-    "base": {"depths": [3, 3, 27, 3], "channels": [128, 256, 512, 1024]},
-    "large": {"depths": [3, 3, 27, 3], "channels": [192, 384, 768, 1536]},
-    "xlarge": {"depths": [3, 3, 27, 3], "channels": [256, 512, 1024, 2048]},
-}
-STACKS = ("mmseg0", "mmseg1")
-
-
-def _model_cfg(recipe: Recipe) -> dict[str, Any]:
-    return recipe.original_config[recipe.origin]["model"]
-
-
-def _arch(recipe: Recipe) -> dict[str, list[int]]:
-    arch = _model_cfg(recipe)["backbone"]["arch"]
-    return ARCH_SETTINGS[arch] if isinstance(arch, str) else arch
 
 
 def hf_config(recipe: Recipe):
     from transformers import ConvNextConfig, UperNetConfig
 
-    from parity.families.upernet.variants import ade20k_id2label
-
-    model = _model_cfg(recipe)
-    arch = _arch(recipe)
-    head, aux = model["decode_head"], model["auxiliary_head"]
+    model = model_cfg(recipe)
+    settings = arch(recipe)
+    wired = structure(recipe)
+    head, aux = model["decode_head"], model.get("auxiliary_head")
     backbone = model["backbone"]
-    if backbone["out_indices"] != [0, 1, 2, 3] or backbone["gap_before_final_norm"]:
-        raise ValueError("the HF ConvNeXt backbone port covers out_indices [0, 1, 2, 3] without GAP only")
-    if list(head["in_channels"]) != list(arch["channels"]) or aux["in_index"] != 2 or aux["concat_input"]:
-        raise ValueError("decode/auxiliary head inputs do not match what UperNetForSemanticSegmentation wires")
     num_classes = head["num_classes"]
-    labels = ade20k_id2label()
-    id2label = {i: labels[i] for i in range(num_classes)}
+    id2label = recipe.spec.id2label(num_classes)
     backbone_config = ConvNextConfig(
         num_channels=3,
         patch_size=4,
-        depths=list(arch["depths"]),
-        hidden_sizes=list(arch["channels"]),
+        depths=list(settings["depths"]),
+        hidden_sizes=list(settings["channels"]),
         hidden_act="gelu",
-        layer_scale_init_value=backbone["layer_scale_init_value"],
+        layer_scale_init_value=backbone.get("layer_scale_init_value", 1e-6),
         drop_path_rate=0.0,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
+        out_features=[f"stage{i + 1}" for i in wired["outputs"]],
     )
     values: dict[str, Any] = {
         "backbone_config": backbone_config,
         "hidden_size": head["channels"],
-        "pool_scales": list(head["pool_scales"]),
-        "use_auxiliary_head": True,
-        "auxiliary_loss_weight": aux["loss_decode"]["loss_weight"],
-        "auxiliary_in_channels": aux["in_channels"],
-        "auxiliary_channels": aux["channels"],
-        "auxiliary_num_convs": aux["num_convs"],
-        "auxiliary_concat_input": aux["concat_input"],
+        "pool_scales": wired["pool_scales"],
+        "use_auxiliary_head": wired["auxiliary"],
         "loss_ignore_index": 255,
         "num_labels": num_classes,
         "id2label": id2label,
         "label2id": {v: k for k, v in id2label.items()},
     }
+    if aux is not None:
+        values.update({
+            "auxiliary_loss_weight": aux["loss_decode"]["loss_weight"],
+            "auxiliary_in_channels": aux["in_channels"],
+            "auxiliary_channels": aux["channels"],
+            "auxiliary_num_convs": aux.get("num_convs", 2),
+            "auxiliary_concat_input": False,
+        })
     values.update(recipe.hf.config_overrides)
     return UperNetConfig(**values)
 
@@ -88,16 +67,12 @@ CONV_MODULE = r"(?P<path>decode_head\.(?:psp_modules\.\d+\.1|bottleneck|lateral_
 
 
 def rules(recipe: Recipe) -> list[Rule]:
-    return _rules()
-
-
-def _rules() -> list[Rule]:
     stage = B + r"stages\.(?P<i>\d)\.(?P<j>\d+)\."
     out = [
         rename("stem conv", B + r"downsample_layers\.0\.0\.(weight|bias)", r"backbone.embeddings.patch_embeddings.\1"),
         rename("stem norm", B + r"downsample_layers\.0\.1\.(weight|bias)", r"backbone.embeddings.layernorm.\1"),
         rename("downsample norm + conv (LayerNorm2d index 0, conv index 1 in both)",
-               B + r"downsample_layers\.([123])\.([01])\.(weight|bias)",
+               B + r"downsample_layers\.([1-9])\.([01])\.(weight|bias)",
                r"backbone.encoder.stages.\1.downsampling_layer.\2.\3"),
         rename("layer scale gamma -> layer_scale_parameter", stage + r"gamma",
                r"backbone.encoder.stages.\g<i>.layers.\g<j>.layer_scale_parameter"),
@@ -108,7 +83,7 @@ def _rules() -> list[Rule]:
         rename("pointwise convs (nn.Linear in both)", stage + r"pointwise_conv(?P<k>[12])\.(?P<p>weight|bias)",
                r"backbone.encoder.stages.\g<i>.layers.\g<j>.pwconv\g<k>.\g<p>"),
     ]
-    for i in range(4):
+    for i in structure(recipe)["outputs"]:
         out.append(rename(f"output norm {i} -> hidden_states_norms.stage{i + 1}", B + rf"norm{i}\.(weight|bias)",
                           rf"backbone.hidden_states_norms.stage{i + 1}.\1"))
     out += [
@@ -142,23 +117,24 @@ def build_processor(recipe: Recipe):
         do_normalize=True,
         image_mean=[m / 255 for m in norm["mean"]],
         image_std=[s / 255 for s in norm["std"]],
-        do_reduce_labels=True,
+        do_reduce_labels=recipe.spec.reduce_zero_label,
     )
 
 
 
 def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> dict[str, tuple[str, torch.Tensor]]:
-    """Run the port on the origin's pixel_values; name each port tensor after the origin capture it answers."""
-    cfg = model.config
-    n_lateral = 3
-    n_psp = len(cfg.pool_scales)
-    paths = ["backbone.embeddings", *[f"backbone.encoder.stages.{i}" for i in range(4)],
-             *[f"backbone.encoder.stages.{i}.downsampling_layer.1" for i in range(1, 4)],
-             *[f"backbone.hidden_states_norms.stage{i + 1}" for i in range(4)],
+    """Run the port on the origin's pixel_values; name each port tensor after the origin capture it answers. Stages,
+    outputs, laterals, pool scales and the auxiliary head follow the original's config (`structure`)."""
+    wired = structure(recipe)
+    stages, levels, n_lateral, n_psp = wired["stages"], wired["outputs"], wired["laterals"], len(wired["pool_scales"])
+    auxiliary = ["auxiliary_head.convs", "auxiliary_head.classifier"] if wired["auxiliary"] else []
+    paths = ["backbone.embeddings", *[f"backbone.encoder.stages.{i}" for i in range(stages)],
+             *[f"backbone.encoder.stages.{i}.downsampling_layer.1" for i in range(1, stages)],
+             *[f"backbone.hidden_states_norms.stage{i + 1}" for i in levels],
              *[f"decode_head.lateral_convs.{i}" for i in range(n_lateral)],
              *[f"decode_head.psp_modules.{j}" for j in range(n_psp)], "decode_head.psp_modules",
              "decode_head.bottleneck", *[f"decode_head.fpn_convs.{i}" for i in range(n_lateral)],
-             "decode_head.fpn_bottleneck", "decode_head.classifier", "auxiliary_head.convs", "auxiliary_head.classifier"]
+             "decode_head.fpn_bottleneck", "decode_head.classifier", *auxiliary]
     pre = ["backbone", *[f"decode_head.fpn_convs.{i}" for i in range(n_lateral)], "decode_head.fpn_bottleneck"]
     hooks = ForwardHooks(model, paths, pre)
     pixel_values = dump.inputs["pixel_values"].to(device)
@@ -176,11 +152,12 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
     out: dict[str, tuple[str, torch.Tensor]] = {}
     out["backbone.input"] = ("backbone pre-hook args[0] (= pixel_values)", one("backbone", "in"))
     out["backbone.downsample_layers.0"] = ("backbone.embeddings", one("backbone.embeddings"))
-    for i in range(4):
+    for i in range(stages):
         if i:
             path = f"backbone.encoder.stages.{i}.downsampling_layer.1"
             out[f"backbone.downsample_layers.{i}"] = (f"{path} (LayerNorm then this conv)", one(path))
         out[f"backbone.stages.{i}"] = (f"backbone.encoder.stages.{i}", one(f"backbone.encoder.stages.{i}"))
+    for i in levels:
         out[f"backbone.norm{i}"] = (f"backbone.hidden_states_norms.stage{i + 1}",
                                     one(f"backbone.hidden_states_norms.stage{i + 1}"))
     for i in range(n_lateral):
@@ -200,9 +177,10 @@ def port_captures(recipe: Recipe, model, processor, dump: Dump, device: str) -> 
     out["decode_head.conv_seg"] = ("decode_head.classifier", one("decode_head.classifier"))
     logits = outputs.logits
     out["return.encode_decode"] = ("UperNetForSemanticSegmentation(...).logits (resized to the input)", logits)
-    out["auxiliary_head.convs"] = ("auxiliary_head.convs (hooked: the output carries it only in the loss)",
-                                   one("auxiliary_head.convs"))
-    out["auxiliary_head.conv_seg"] = ("auxiliary_head.classifier (hooked)", one("auxiliary_head.classifier"))
+    if wired["auxiliary"]:
+        out["auxiliary_head.convs"] = ("auxiliary_head.convs (hooked: the output carries it only in the loss)",
+                                       one("auxiliary_head.convs"))
+        out["auxiliary_head.conv_seg"] = ("auxiliary_head.classifier (hooked)", one("auxiliary_head.classifier"))
 
     raw = dump.raw_image()
     ori = (raw.height, raw.width)

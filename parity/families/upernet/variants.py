@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from parity.contracts.familyspec import DatasetClass
 from parity.contracts.recipe import (
     CheckpointSource,
     GenerateSpec,
@@ -23,6 +24,7 @@ from parity.contracts.recipe import (
     ToleranceOverride,
     TolerancePolicy,
 )
+from parity.families.upernet.spec import UperNetSpec
 
 LICENSE = "apache-2.0"
 """mmsegmentation releases its model zoo under Apache-2.0."""
@@ -42,11 +44,18 @@ def ade20k_id2label() -> dict[int, str]:
     return {int(k): v for k, v in json.loads(ID2LABEL_FILE.read_text()).items()}
 
 
+def ade20k_spec(num_classes: int = 150) -> UperNetSpec:
+    """ADE20K's first num_classes class names (all 150 for the released models), label 0 reduced away."""
+    names = ade20k_id2label()
+    return UperNetSpec(classes=[DatasetClass(name=names[i]) for i in range(num_classes)], reduce_zero_label=True)
+
+
 def _heads(in_channels: list[int], channels: int, aux_channels: int, num_classes: int) -> dict[str, Any]:
     bn = {"type": "BN", "requires_grad": True}
     return {
         "decode_head": {
-            "type": "UPerHead", "in_channels": list(in_channels), "in_index": [0, 1, 2, 3], "pool_scales": [1, 2, 3, 6],
+            "type": "UPerHead", "in_channels": list(in_channels), "in_index": list(range(len(in_channels))),
+            "pool_scales": [1, 2, 3, 6],
             "channels": channels, "dropout_ratio": 0.1, "num_classes": num_classes, "norm_cfg": dict(bn),
             "align_corners": False,
             "loss_decode": {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": 1.0},
@@ -71,9 +80,12 @@ def original_config(
     channels: int = 512,
     aux_channels: int = 256,
     drop_path_rate: float = 0.4,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    reduce_zero_label: bool = True,
 ) -> dict[str, Any]:
-    """Both stacks' model config (backbone, heads, test_cfg) and test pipeline for one variant."""
-    backbone = {"arch": copy.deepcopy(arch), "out_indices": [0, 1, 2, 3], "drop_path_rate": drop_path_rate,
+    """Both stacks' model config (backbone, heads, test_cfg) and test pipeline for one variant; the decode head takes
+    every backbone output (out_indices), the auxiliary head the third."""
+    backbone = {"arch": copy.deepcopy(arch), "out_indices": list(out_indices), "drop_path_rate": drop_path_rate,
                 "layer_scale_init_value": 1.0, "gap_before_final_norm": False, "init_cfg": None}
     test_cfg = {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]}
     heads = _heads(in_channels, channels, aux_channels, num_classes)
@@ -96,15 +108,14 @@ def original_config(
         "test_pipeline": [
             {"type": "LoadImageFromFile"},
             {"type": "Resize", "scale": list(img_scale), "keep_ratio": True},
-            {"type": "LoadAnnotations", "reduce_zero_label": True},
+            {"type": "LoadAnnotations", "reduce_zero_label": reduce_zero_label},
             {"type": "PackSegInputs"},
         ],
     }
-    return {"mmseg0": mmseg0, "mmseg1": mmseg1, "img_norm_cfg": dict(IMG_NORM), "img_scale": list(img_scale),
-            "classes": "ade20k" if num_classes == 150 else None}
+    return {"mmseg0": mmseg0, "mmseg1": mmseg1, "img_norm_cfg": dict(IMG_NORM), "img_scale": list(img_scale)}
 
 
-def _square_image(side: int, seed: int) -> InputSpec:
+def square_image(side: int, seed: int) -> InputSpec:
     """Square raw images: keep-ratio resizing then gives crop x crop, so slide inference runs exactly one window
     (the port has no sliding window) and SegformerImageProcessor's fixed-size resize can match the shape."""
     return InputSpec(images=[ImageSpec(kind="synthetic", seed=seed, height=side, width=side)])
@@ -165,7 +176,8 @@ def _real(size: str) -> Recipe:
         original_config=original_config(arch=arch, in_channels=chans, crop=crop, stride=stride, img_scale=img_scale,
                                         drop_path_rate=0.3 if size == "small" else 0.4),
         hf=HF,
-        inputs=_square_image(crop // 2, seed=21),
+        spec=ade20k_spec(),
+        inputs=square_image(crop // 2, seed=21),
         tolerance=FULL_SIZE_DRIFT,
     )
 
@@ -187,7 +199,32 @@ def _tiny() -> Recipe:
         checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=4), container=CONTAINER),
         original_config=original_config(**TINY),
         hf=HF,
-        inputs=_square_image(72, seed=9),
+        inputs=square_image(72, seed=9),
+        spec=ade20k_spec(TINY["num_classes"]),
+    )
+
+
+TINY_CUSTOM = {"arch": TINY_ARCH, "in_channels": [32, 64, 128], "out_indices": (1, 2, 3), "crop": 512, "stride": 341,
+               "img_scale": (2048, 90), "num_classes": 5, "channels": 16, "aux_channels": 8, "reduce_zero_label": False}
+CUSTOM_CLASSES = ["background", "road", "car", "person", "sky"]
+
+
+def _tiny_custom() -> Recipe:
+    """A fine-tune-like structure: own classes (no ADE20K, label 0 kept), backbone outputs 1..3 only (so the decode
+    head has three levels and the auxiliary head reads the last stage), generated by the original code."""
+    return Recipe(
+        id="upernet-convnext-tiny-random-custom",
+        family="upernet",
+        license=LICENSE,
+        origin="mmseg0",
+        description="tiny UperNet-ConvNeXt on its own 5 classes (reduce_zero_label off), out_indices 1-3: a 3-level "
+                    "decode head, auxiliary head on the last stage",
+        tiny=True,
+        checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=6), container=CONTAINER),
+        original_config=original_config(**TINY_CUSTOM),
+        hf=HF,
+        inputs=square_image(60, seed=10),
+        spec=UperNetSpec(classes=[DatasetClass(name=n) for n in CUSTOM_CLASSES], reduce_zero_label=False),
     )
 
 
@@ -207,6 +244,7 @@ def _fixture_recipe() -> Recipe:
         original_config=original_config(**TINY),
         hf=HF,
         inputs=InputSpec(images=[ImageSpec(kind="fixture-file", fixture=FIXTURE, filename="image.png")]),
+        spec=ade20k_spec(TINY["num_classes"]),
         tolerance=TolerancePolicy(),
     )
 
@@ -215,5 +253,6 @@ FIXTURE_RECIPE = _fixture_recipe()
 VARIANTS: tuple[Recipe, ...] = (
     *(_real(size) for size in ARCHS),
     _tiny(),
+    _tiny_custom(),
     FIXTURE_RECIPE,
 )

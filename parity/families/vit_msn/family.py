@@ -4,4 +4,4 @@ from parity.contracts.family import Family
 from parity.families.vit_msn.variants import FIXTURE, FIXTURE_RECIPE, VARIANTS
 
 FAMILY = Family(name="vit_msn", variants=VARIANTS, origins=("msn",), fixture_recipes={FIXTURE: FIXTURE_RECIPE.id},
-                fixture_env="fixtures")
+                fixture_env="fixtures", reads_configuration="host")

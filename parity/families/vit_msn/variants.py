@@ -72,7 +72,7 @@ def original_config(
     }
 
 
-def _inputs(img_size: int, interp_size: int, seed: int) -> InputSpec:
+def interpolation_inputs(img_size: int, interp_size: int, seed: int) -> InputSpec:
     """One image at the model resolution, one at another resolution (position-embedding interpolation)."""
     return InputSpec(images=[
         ImageSpec(kind="synthetic", name="image", seed=seed, height=img_size, width=img_size),
@@ -92,7 +92,7 @@ def _real(variant_id: str, description: str, filename: str, hub_id: str, *, inte
                                     container=CONTAINER, filename=filename),
         original_config=original_config(**config),
         hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
-        inputs=_inputs(224, interp_size, seed=21),
+        inputs=interpolation_inputs(224, interp_size, seed=21),
     )
 
 
@@ -122,7 +122,23 @@ TINY = Recipe(
     original_config=original_config(factory="deit_small", embed_dim=48, depth=3, num_heads=3, patch_size=16,
                                     img_size=64, hidden_dim=64, output_dim=32, num_proto=16),
     hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
-    inputs=_inputs(64, 96, seed=33),
+    inputs=interpolation_inputs(64, 96, seed=33),
+)
+
+
+TINY_P8 = Recipe(
+    id="vit-msn-tiny-random-p8",
+    family="vit_msn",
+    license=LICENSE,
+    origin="msn",
+    description="tiny MSN ViT with deit_small_p8's patch 8 (width 48, 3 blocks, 64 px: an 8x8 grid interpolated to "
+                "12x12 at 96 px) in MSN's container",
+    tiny=True,
+    checkpoint=CheckpointSource(kind="generate", generate=GenerateSpec(seed=34), container=CONTAINER),
+    original_config=original_config(factory="deit_small_p8", embed_dim=48, depth=3, num_heads=3, patch_size=8,
+                                    img_size=64, hidden_dim=64, output_dim=32, num_proto=16),
+    hf=HFSpec(pipeline_tag=PIPELINE_TAG, model_class="ViTMSNModel", processor_class="ViTImageProcessor"),
+    inputs=interpolation_inputs(64, 96, seed=35),
 )
 
 
@@ -152,4 +168,4 @@ def _fixture_recipe() -> Recipe:
 
 
 FIXTURE_RECIPE = _fixture_recipe()
-VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, FIXTURE_RECIPE)
+VARIANTS: tuple[Recipe, ...] = PUBLISHED + (TINY, TINY_P8, FIXTURE_RECIPE)
