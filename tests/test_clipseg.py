@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import FIXTURES, error_line, in_env, parity, read_json
+from tests.conftest import FIXTURES, error_line, in_env, parity, read_json, stderr_without_progress
 
 pytestmark = pytest.mark.slow
 NAMES = ("clipseg-tiny-clip-vit-b16", "clipseg-tiny-rd16", "clipseg-tiny-rd64-refined")
@@ -148,7 +148,7 @@ def test_origin_is_docker_only_with_a_one_line_error(tmp_path):
     line = error_line(result)
     assert "origin 'clipseg' cannot run in a local venv here" in line and "--backend docker" in line
     assert "timojl/clipseg" in line
-    assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+    assert len(stderr_without_progress(result)) == 1
 
 
 def test_origin_helpers_without_the_upstream_packages(tmp_path):

@@ -20,7 +20,7 @@ from parity.contracts.steps import GenerateRequest, GenerateResponse, PortReques
 from parity.host import envs
 from parity.host.backends.docker import DockerBackend, build_spec, container_config, image_tag
 from parity.host.registry import all_recipes
-from tests.conftest import ROOT, error_line, parity
+from tests.conftest import ROOT, error_line, parity, stderr_without_progress
 
 DOCKERFILES = sorted(ROOT.glob("images/*/Dockerfile"))
 STEP_ENVS = sorted(p.parent.name for p in ROOT.glob("images/*/requirements.txt") if p.parent.name != "orchestrator")
@@ -241,7 +241,7 @@ def test_absent_engine_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
     result = parity("convert", "sam-tiny-random", "--backend", "docker", "--out", str(tmp_path), check=2)
     assert "no Docker engine reachable" in error_line(result)
-    assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+    assert len(stderr_without_progress(result)) == 1
 
 
 # --- image identity (parity/host/images.py) --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from parity.contracts.errors import ParityError
 from parity.families.mask2former.config import ENCODER_FFN, hf_values
 from parity.families.mask2former.variants import FIXTURE_RECIPES, VARIANTS
 from parity.host.registry import select
-from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json
+from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json, stderr_without_progress
 
 COCO = FIXTURES / "mask2former-tiny-swin-coco-instance"
 ADE = FIXTURES / "mask2former-tiny-swin-ade-semantic"
@@ -159,8 +159,7 @@ def test_local_convert_points_at_docker(tmp_path):
     fake.write_bytes(b"\x80\x03}q\x00.")
     for args in (["mask2former-fixture-tiny-coco-instance"], ["mask2former-swin-tiny-coco-instance", "--checkpoint", str(fake)]):
         result = parity("convert", *args, "--out", str(tmp_path / "out"), check=2)
-        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1, result.stderr
+        assert len(stderr_without_progress(result)) == 1, result.stderr
         line = error_line(result)
         assert "--backend docker" in line and "detectron2" in line
         assert reason in line

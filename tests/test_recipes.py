@@ -21,7 +21,7 @@ from parity.families.mask2former.recipes import new_recipe as mask2former_recipe
 from parity.families.mask2former.variants import FIXTURE_RECIPES as MASK2FORMER_FIXTURES
 from parity.host.recipefiles import apply_sets, load_classes, load_recipe, validate, write_recipe
 from parity.host.registry import all_recipes
-from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json
+from tests.conftest import FIXTURES, ROOT, error_line, in_env, parity, read_json, stderr_without_progress
 
 slow = pytest.mark.slow
 WALKTHROUGH = ROOT / "docs" / "own-variant.md"
@@ -54,7 +54,7 @@ def test_a_bad_recipe_file_is_one_line_naming_the_field(tmp_path, edit, message)
     path.write_text(yaml.safe_dump(data))
     result = parity("convert", "--recipe", str(path), "--out", str(tmp_path / "out"), check=2)
     assert message in error_line(result)
-    assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+    assert len(stderr_without_progress(result)) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -38,7 +38,7 @@ from parity.host.dumps import read_tensors, verify_dump
 from parity.host.envs import cache_dir
 from parity.host.staging import LOCK_FILE
 from parity.runtime.protocol import STALL_AT
-from tests.conftest import ROOT, in_env, parity, read_json
+from tests.conftest import ROOT, in_env, parity, read_json, stderr_without_progress
 
 pytestmark = pytest.mark.slow
 VARIANT = "sam-tiny-random"
@@ -48,9 +48,10 @@ COMPLETE = ("report.json", "report.md", "report.html", "junit.xml", "conversion.
 # ---------------------------------------------------------------------------------------------------------- helpers
 
 def one_line(result: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> str:
-    """The run ended with `code` and exactly one non-empty stderr line holding every fragment; no traceback."""
+    """The run ended with `code` and exactly one non-empty stderr line holding every fragment (plain progress lines,
+    printed when stderr is not a terminal, may come before it); no traceback."""
     assert result.returncode == code, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = stderr_without_progress(result)
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.stderr}"
     assert "Traceback" not in result.stdout + result.stderr
     for fragment in fragments:
