@@ -584,9 +584,12 @@ def test_origin_vs_origin_reads_are_hash_checked(tiny_run, tmp_path):
 
 
 def test_damaged_cached_fixture_import_is_imported_again(tmp_path):
+    from parity.host.pipeline import fixture_dump_dir, fixture_recipe_of
+
     fixture = ROOT.parent / "shared" / "fixtures" / "sam-vit-tiny"
     parity("diff", "--dump", str(fixture), "--out", str(tmp_path / "a"), check=0)
-    cached = next((cache_dir() / "dumps").glob("fixture-sam-vit-tiny-*/manifest.json")).parent
+    cached = fixture_dump_dir(fixture, fixture_recipe_of(fixture), cache_dir())
+    verify_dump(cached)
     with open(cached / "reference.safetensors", "r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\x00\x00\x80\x3f")

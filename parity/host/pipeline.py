@@ -106,15 +106,19 @@ def fixture_recipe_of(fixture: Path, recipe: Recipe | None = None) -> Recipe:
     return recipe_for_fixture(name)
 
 
+def fixture_dump_dir(fixture: Path, recipe: Recipe, cache: Path) -> Path:
+    """Where a fixture's import is cached: keyed by the fixture's description and the recipe that reads it."""
+    key = hashlib.sha256((fixture / "fixture.json").read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
+    return cache / "dumps" / f"fixture-{fixture.name}-{key}"
+
+
 def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Progress,
                    recipe: Recipe | None = None) -> Path:
     """A golden fixture folder becomes a dump (cached by the fixture's and the recipe's hashes). A cached import is
     reused only after every file in it is checked against its manifest; a damaged one is imported again."""
-    meta = fixture / "fixture.json"
     recipe = fixture_recipe_of(fixture, recipe)
-    key = hashlib.sha256(meta.read_bytes() + recipe.recipe_hash().encode()).hexdigest()[:16]
-    dumps = cache / "dumps"
-    dump_dir = dumps / f"fixture-{fixture.name}-{key}"
+    dump_dir = fixture_dump_dir(fixture, recipe, cache)
+    dumps = dump_dir.parent
     with cache_lock(dumps, dump_dir.name):
         if (dump_dir / "manifest.json").is_file():
             try:
