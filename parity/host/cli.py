@@ -120,12 +120,12 @@ def _chosen(selector: str | None, recipe_file: Path | None):
     from parity.host.registry import select
 
     if recipe_file is not None:
-        if selector:
+        if selector is not None:
             raise ParityError(f"give a variant id or --recipe FILE, not both ({selector!r} and {recipe_file})")
         from parity.host.recipefiles import load_recipe
 
         return [load_recipe(recipe_file)]
-    if not selector:
+    if selector is None:
         raise ParityError("give a variant id (see `parity list`) or --recipe FILE")
     return select(selector)
 
