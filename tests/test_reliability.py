@@ -224,7 +224,8 @@ def test_unknown_option_is_one_line(tmp_path):
 
 
 def test_missing_argument_is_one_line():
-    one_line(parity("convert"), "Missing argument")
+    one_line(parity("report"), "Missing argument")
+    one_line(parity("convert"), "give a variant id", "--recipe FILE")
 
 
 @pytest.mark.parametrize("value", ["", "xyz", "0" * 63, "g" * 64])
