@@ -6,6 +6,7 @@ Exit codes: 0 every variant passed; 1 a variant failed parity; 2 bad input or an
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -37,9 +38,16 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def one_line_errors(fn: Callable) -> Callable:
     @wraps(fn)
     def wrapper(*args, **kwargs):
+        # SIGTERM (docker stop, a CI runner's cancel) unwinds like Ctrl-C, so that steps' processes and containers are
+        # removed; without a handler it would end the process at once (or, as a container's PID 1, be ignored)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return fn(*args, **kwargs)
         except ParityError as exc:
