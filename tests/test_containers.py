@@ -631,3 +631,33 @@ def test_generated_checkpoints_are_named_by_their_container():
     names = {r.origin: resolve(r).path.name for r in all_recipes().values() if r.checkpoint.kind == "generate"}
     assert names["detectron2"].endswith(".pkl"), "detectron2's checkpointer reads its pickles only from .pkl names"
     assert names["sam"].endswith(".pth")
+
+
+def test_doctor_tells_built_stale_and_missing_images_and_engine_gpu_support(tmp_path):
+    from types import SimpleNamespace
+
+    from parity.host.doctor import engine_rows
+
+    built, stale = image_tag("base"), "parity/sam:0123456789abcdef"
+
+    class Images:
+        def list(self, name):
+            held = {"parity/base": [SimpleNamespace(tags=[built], attrs={"Size": 6e9})],
+                    "parity/sam": [SimpleNamespace(tags=[stale], attrs={"Size": 6.5e9})]}
+            return held.get(name, [])
+
+    def client(runtimes):
+        return SimpleNamespace(version=lambda: {"Version": "20.10.24", "ApiVersion": "1.41"},
+                               info=lambda: {"ServerVersion": "20.10.24", "Runtimes": runtimes, "Driver": "overlay2",
+                                             "NCPU": 2, "MemTotal": 8e9, "DockerRootDir": str(tmp_path)},
+                               images=Images())
+
+    rows = {check: (status, detail) for check, status, detail in engine_rows(client({"runc": {}}))}
+    assert rows["docker engine"][0] == "ok" and "20.10.24" in rows["docker engine"][1]
+    assert rows["GPU in containers"][0] == "none"
+    assert rows["image base"] == ("built", f"{built} (6.00 GB)")
+    assert rows["image sam"][0] == "stale" and stale in rows["image sam"][1] and "~0.50 GB" in rows["image sam"][1]
+    assert rows["image transformers"][0] == "missing" and image_tag("transformers") in rows["image transformers"][1]
+    assert rows["disk"][0] in ("ok", "low") and str(tmp_path) in rows["disk"][1]
+    gpu = {check: status for check, status, _ in engine_rows(client({"runc": {}, "nvidia": {}}))}
+    assert gpu["GPU in containers"] == "nvidia runtime"

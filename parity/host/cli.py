@@ -572,7 +572,8 @@ def matrix(
 @app.command()
 @one_line_errors
 def doctor() -> None:
-    """What can run here: backends, Docker engine, GPU, and each environment (built, buildable, or Docker-only)."""
+    """What can run here: each local environment (built, buildable, or Docker-only), GPU, and the Docker side: the
+    engine and its version, each image (built, stale, missing), GPU support in the engine, the CA bundle, free disk."""
     import importlib.util
     import platform
     import shutil
@@ -582,16 +583,10 @@ def doctor() -> None:
     table = Table("check", "status", "detail")
     table.add_row("python", "ok", f"{platform.python_version()} ({sys.executable})")
     table.add_row("cache", "ok", str(envs.cache_dir()))
-    if importlib.util.find_spec("docker") is None:
-        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    if envs.IMAGES.is_dir():
+        table.add_row("images/", "ok", str(envs.IMAGES))
     else:
-        try:
-            from parity.host.backends.docker import DockerBackend
-
-            DockerBackend()
-            table.add_row("docker backend", "ok", "engine reachable")
-        except ParityError as exc:
-            table.add_row("docker backend", "unavailable", escape(str(exc)))
+        table.add_row("images/", "missing", escape(envs.missing_images_message()))
     gpu = shutil.which("nvidia-smi")
     table.add_row("GPU", "present" if gpu else "none", gpu or "no nvidia-smi on PATH: --device cuda unavailable")
     for folder in sorted(p.parent for p in envs.IMAGES.glob("*/requirements.txt")):
@@ -604,6 +599,21 @@ def doctor() -> None:
         else:
             state, detail = "buildable", f"built on first use into {envs.env_dir(name)}"
         table.add_row(f"env {name}", state, escape(detail))
+    if importlib.util.find_spec("docker") is None:
+        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    else:
+        try:
+            from parity.host.backends.docker import DockerBackend
+
+            client = DockerBackend._connect()
+        except ParityError as exc:
+            table.add_row("docker backend", "unavailable", escape(str(exc)))
+        else:
+            from parity.host.doctor import engine_rows
+
+            if envs.IMAGES.is_dir():
+                for row in engine_rows(client):
+                    table.add_row(*(escape(cell) for cell in row))
     stdout.print(table)
 
 
