@@ -661,3 +661,43 @@ def test_doctor_tells_built_stale_and_missing_images_and_engine_gpu_support(tmp_
     assert rows["disk"][0] in ("ok", "low") and str(tmp_path) in rows["disk"][1]
     gpu = {check: status for check, status, _ in engine_rows(client({"runc": {}, "nvidia": {}}))}
     assert gpu["GPU in containers"] == "nvidia runtime"
+
+
+@pytest.mark.slow
+def test_an_installed_copy_runs_matrix_and_names_parity_root_when_it_needs_images(tmp_path):
+    """`pip install .` (not editable) ships the package data but not images/: matrix and list work, anything that
+    needs a pin file or a Dockerfile says PARITY_ROOT in one line; with PARITY_ROOT set, images/ is found there and
+    steps still run the installed package's code."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-input", str(ROOT)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    cli = str(venv / "bin" / "parity")
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1", "PARITY_CACHE_DIR": str(tmp_path / "c")}
+    env.pop("PARITY_ROOT", None)
+
+    def run(*args, **extra):
+        return subprocess.run([cli, *args], capture_output=True, text=True, cwd=tmp_path, env={**env, **extra},
+                              stdin=subprocess.DEVNULL)
+
+    matrix = run("matrix", "--group-by", "origin")
+    assert matrix.returncode == 0, matrix.stderr
+    assert {g["origin"] for g in json.loads(matrix.stdout)} == {r.origin for r in all_recipes().values() if not r.tiny}
+    converted = run("convert", "sam-tiny-random", "--out", str(tmp_path / "out"))
+    assert converted.returncode == 2
+    assert [ln for ln in converted.stderr.splitlines() if ln.strip()] == [error_line(converted)]
+    assert "PARITY_ROOT" in error_line(converted) and "images/" in error_line(converted)
+    assert not (tmp_path / "out" / "sam-tiny-random" / "dump").exists()
+    tag = subprocess.run([str(venv / "bin" / "python"), "-m", "parity.host.images", "tag", "sam"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert tag.returncode == 2 and "PARITY_ROOT" in tag.stderr
+    doctor = run("doctor", PARITY_ROOT=str(ROOT))
+    assert doctor.returncode == 0 and re.search(rf"images/\s+│ ok\s+│ {re.escape(str(ROOT / 'images'))}", doctor.stdout)
+    probe = "from parity.host import envs, images; print(envs.code_root()); print(*images.code_mounts())"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, "PARITY_ROOT": str(ROOT)})
+    code_root, mounted = where.stdout.split()
+    installed = next((venv / "lib").glob("python*/site-packages/parity"))
+    assert Path(code_root, "parity").resolve() == installed and Path(mounted) == installed
+    assert sorted(p.name for p in Path(code_root).iterdir()) == ["parity"], "site-packages would leak host packages"
