@@ -546,6 +546,9 @@ def test_upstream_fetch_from_a_local_checkout_is_verified_and_recorded(tmp_path)
     assert record["repositories"]["repo"]["fetched_from"] == "local checkout images/upstream/repo"
     assert record["patches"] == [{"repository": "repo", "name": "fix.patch", "sha256": digest}]
     assert record["notes"] == {"ops.x": "cpu"}
+    from parity.contracts.manifests import ImageUpstreamRecord
+
+    assert ImageUpstreamRecord.model_validate(record).patches[0].sha256 == digest, "a dump could not carry it"
     other = run("fetch", "repo", "https://example.invalid/repo.git", "f" * 40, str(tmp_path / "out2"))
     assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
     assert f"is at {pinned}, the image pins {'f' * 40}" in other.stderr

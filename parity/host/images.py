@@ -64,6 +64,11 @@ CA_IN_CONTAINER = "/run/parity/host-ca.crt"
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 
 
+BUILDER_BOOKKEEPING = re.compile(r"^(Step \d+/\d+ : | ---> |Removing intermediate container |Successfully )")
+"""The classic builder's own lines; a failed build's error names the last other line (what the failing step said)."""
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class ImageError(ParityError):
     """Bad input about images: one line."""
 
@@ -369,12 +374,17 @@ def build(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mappi
                 pass
         on_line(f"{tag}: building images/{env}/Dockerfile")
         start = time.monotonic()
+        last = ""
         try:
             for chunk in client.api.build(**spec):
                 if "error" in chunk:
-                    raise ImageError(f"building {tag} failed: {chunk['error'].strip().splitlines()[-1]}")
-                for line in str(chunk.get("stream", "")).splitlines():
+                    error = chunk["error"].strip().splitlines()[-1]
+                    raise ImageError(f"building {tag} failed: {last} ({error})" if last else
+                                     f"building {tag} failed: {error}")
+                for line in ANSI_ESCAPE.sub("", str(chunk.get("stream", ""))).splitlines():
                     if line.strip():
+                        if not BUILDER_BOOKKEEPING.match(line):
+                            last = line.strip()
                         on_line(f"{env}: {line.rstrip()}")
         except docker.errors.APIError as exc:
             raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
