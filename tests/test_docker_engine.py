@@ -503,3 +503,122 @@ def test_doctor_reports_the_engine_and_every_ci_image_built(engine, ci_images):
         tag = img.image_tag(env, environ=ci_images)
         assert any(f"image {env} " in line and "built" in line and tag in line for line in lines), env
     assert any("disk" in line for line in lines) and any("GPU in containers" in line for line in lines)
+
+
+# --- the GPU workflow's jobs, run here without a GPU ---------------------------------------------------------------
+
+def _workflow() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / ".github" / "workflows" / "parity-gpu.yml").read_text())
+
+
+def _run_job(job: dict, checkout: Path, runner: Path, env: dict[str, str], expressions: dict[str, str],
+             edit=lambda _name, script: script) -> list[tuple[str, int, str]]:
+    """Run a job's `run:` steps the way a runner does (bash -eo pipefail, GITHUB_ENV / GITHUB_PATH carried to later
+    steps, `${{ ... }}` replaced from `expressions`) as USER_ID; `uses:` steps are the caller's business. Stops at
+    the first failing step. Returns (step name, exit code, output) per step run."""
+    import re
+
+    def expand(text: str) -> str:
+        return re.sub(r"\$\{\{\s*([^}]+?)\s*\}\}", lambda m: expressions[m.group(1)], text)
+
+    files = {name: runner / name.lower() for name in ("GITHUB_ENV", "GITHUB_PATH", "GITHUB_OUTPUT",
+                                                      "GITHUB_STEP_SUMMARY")}
+    for path in files.values():
+        path.touch()
+        os.chown(path, USER_ID, USER_ID)
+    env = {**env, **{k: expand(str(v)) for k, v in job.get("env", {}).items()}, **{k: str(v) for k, v in files.items()}}
+    done = []
+    for step in job["steps"]:
+        if "run" not in step:
+            continue
+        name = expand(step.get("name", step["run"].splitlines()[0]))
+        step_env = {**env, **{k: expand(str(v)) for k, v in step.get("env", {}).items()}}
+        extra_path = [line for line in files["GITHUB_PATH"].read_text().splitlines() if line]
+        step_env["PATH"] = ":".join([*reversed(extra_path), step_env["PATH"]])
+        for line in files["GITHUB_ENV"].read_text().splitlines():
+            key, _, value = line.partition("=")
+            step_env[key] = value
+        script = edit(name, expand(step["run"]))
+        result = subprocess.run(["setpriv", f"--reuid={USER_ID}", f"--regid={USER_ID}",
+                                 f"--groups={os.stat('/var/run/docker.sock').st_gid}", "bash", "--noprofile",
+                                 "--norc", "-eo", "pipefail", "-c", script], cwd=checkout, env=step_env,
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        done.append((name, result.returncode, result.stdout + result.stderr))
+        if result.returncode != 0:
+            break
+    return done
+
+
+@pytest.fixture
+def runner_checkout(engine, ci_images):
+    """A copy of the checkout's tracked files owned by USER_ID, like a runner's workspace, with the runner's HOME and
+    RUNNER_TEMP beside it."""
+    base = Path(tempfile.mkdtemp(prefix="parity-runner-"))
+    base.chmod(0o755)
+    checkout = base / "workspace"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for rel in tracked.stdout.split("\0"):
+        if rel and (ROOT / rel).is_file():
+            (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, checkout / rel)
+    for name in ("home", "runner-temp"):
+        (base / name).mkdir()
+    for path in (base / "home", base / "runner-temp", checkout, *checkout.rglob("*")):
+        os.lchown(path, USER_ID, USER_ID)
+    yield checkout
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _runner_env(checkout: Path, ci_images: dict[str, str]) -> dict[str, str]:
+    keep = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_FIND_LINKS", "PIP_DEFAULT_TIMEOUT", "LANG",
+            "PARITY_OS_IMAGE")
+    env = {k: v for k, v in {**os.environ, **ci_images}.items() if k in keep}
+    return {**env, "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(checkout.parent / "home"),
+            "RUNNER_TEMP": str(checkout.parent / "runner-temp"), "GITHUB_WORKSPACE": str(checkout), "CI": "true"}
+
+
+def test_the_workflow_matrix_job_runs_here_and_refuses_an_empty_matrix(runner_checkout, ci_images):
+    """The matrix job's steps: `pip install .` (actions/setup-python stood in for by a venv on the system python),
+    then `parity matrix`, as the runner's user; a selector that selects no published variant fails the job."""
+    job = _workflow()["jobs"]["matrix"]
+    env = _runner_env(runner_checkout, ci_images)
+    venv = runner_checkout.parent / "runner-temp" / "setup-python"
+    subprocess.run(["setpriv", f"--reuid={USER_ID}", f"--regid={USER_ID}", "--clear-groups", "/usr/bin/python3", "-m",
+                    "venv", str(venv)], check=True, env=env)
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+    steps = _run_job(job, runner_checkout, runner_checkout.parent / "runner-temp", env,
+                     {"github.event.inputs.selector": "sam", "steps.matrix.outputs.variants": ""})
+    assert [code for _name, code, _out in steps] == [0, 0], steps[-1][2][-3000:]
+    output = (runner_checkout.parent / "runner-temp" / "github_output").read_text()
+    assert json.loads(output.split("variants=", 1)[1]) == ["sam-vit-base", "sam-vit-large", "sam-vit-huge"]
+    empty = _run_job(job, runner_checkout, runner_checkout.parent / "runner-temp", env,
+                     {"github.event.inputs.selector": "sam-tiny", "steps.matrix.outputs.variants": ""})
+    assert empty[-1][1] != 0 and "::error::parity matrix printed no variant" in empty[-1][2]
+
+
+def test_the_workflow_convert_job_runs_here_as_the_runner_user_without_a_gpu(runner_checkout, ci_images):
+    """The convert job's steps for a tiny variant, as the runner's user: engine check, host venv, images, doctor,
+    `docker compose run convert` (here WITHOUT compose.gpu.yaml: this machine has no GPU), the step summary and the
+    ownership fallback; afterwards the uploaded paths exist and nothing in the workspace or the cache belongs to
+    anyone else."""
+    variant = "sam-tiny-random"
+    job = _workflow()["jobs"]["convert"]
+    env = _runner_env(runner_checkout, ci_images)
+
+    def no_gpu(name: str, script: str) -> str:
+        return script.replace(" -f compose.gpu.yaml", "") if name.startswith("Convert") else script
+
+    steps = _run_job(job, runner_checkout, runner_checkout.parent / "runner-temp", env, {"matrix.variant": variant},
+                     edit=no_gpu)
+    names = [name for name, _code, _out in steps]
+    assert all(code == 0 for _name, code, _out in steps), steps[-1][2][-3000:]
+    assert any(name.startswith("Convert") for name in names) and "Step summary" in names
+    summary = (runner_checkout.parent / "runner-temp" / "github_step_summary").read_text()
+    assert variant in summary and "pass" in summary.lower()
+    upload = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact"))
+    for line in filter(None, map(str.strip, upload["with"]["path"].splitlines())):
+        path = runner_checkout / line.replace("${{ matrix.variant }}", variant)
+        assert path.exists(), f"the artifact upload would miss {path}"
+    assert _owned_by_the_user(runner_checkout / "out", runner_checkout.parent / "home" / ".cache" / "parity") == []
