@@ -107,6 +107,7 @@ def test_compose_runs_the_host_side_and_builds_no_step_image():
         assert service["environment"]["PARITY_CA_BUNDLE"] == "context", f"{name}: would re-read the CA from its own env"
         assert service["environment"]["PYTHONPATH"] == service["working_dir"], f"{name}: the checkout is the code"
         assert "TMPDIR" not in service["environment"], f"{name}: step requests live in the cache, not in TMPDIR"
+        assert service["environment"]["PARITY_BACKEND"] == "docker", f"{name}: the image has no local environments"
         for volume in service["volumes"]:
             source, target = _bind(volume)
             assert source == target, f"{name}: {volume} is not mounted at its host path"
@@ -310,6 +311,8 @@ def test_absent_engine_is_a_one_line_error(tmp_path, monkeypatch):
     result = parity("convert", "sam-tiny-random", "--backend", "docker", "--out", str(tmp_path), check=2)
     assert "no Docker engine reachable" in error_line(result)
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
+    by_setting = parity("convert", "sam-tiny-random", "--out", str(tmp_path), check=2, env={"PARITY_BACKEND": "docker"})
+    assert "no Docker engine reachable" in error_line(by_setting)
 
 
 # --- image identity (parity/host/images.py) --------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def one_line_errors(fn: Callable) -> Callable:
 
 
 OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
-BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
+BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", envvar="PARITY_BACKEND",
+                                                                help="local (default) or docker.")]
 DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
