@@ -33,7 +33,8 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        sys.exit(f"{' '.join(argv[:6])} ... failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        sys.exit(f"{' '.join(argv[:6])} ... failed ({result.returncode}):\n"
+                 f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return seconds
 
 
@@ -43,11 +44,13 @@ def main() -> None:
     parser.add_argument("--variant", default="sam-tiny-random")
     args = parser.parse_args()
     (ROOT / "out").mkdir(exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="bench-docker-vs-local-", dir=ROOT / "out"))  # inside the checkout: compose mounts it
+    # inside the checkout, which compose mounts
+    out = Path(tempfile.mkdtemp(prefix="bench-docker-vs-local-", dir=ROOT / "out"))
     env = {**os.environ, "PARITY_CACHE_DIR": str(cache_dir()), "PWD": str(ROOT),
            "PARITY_ORCHESTRATOR_IMAGE": images.image_tag("orchestrator"), "TERM": "dumb"}
     local = [sys.executable, "-m", "parity.host.cli", "convert", args.variant, "--out", str(out / "local")]
-    docker = ["docker", "compose", "run", "--rm", "convert", "--out", str(out / "docker"), args.variant]  # a later --out wins
+    # a later --out wins over the service's own
+    docker = ["docker", "compose", "run", "--rm", "convert", "--out", str(out / "docker"), args.variant]
     print(f"{args.variant}: warm-up (images {images.image_tag('sam')}, ..., local envs in {cache_dir()})")
     timed(local, env)
     timed(docker, env)

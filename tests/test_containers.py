@@ -557,7 +557,7 @@ def test_upstream_fetch_from_a_local_checkout_is_verified_and_recorded(tmp_path)
     assert f"is at {pinned}, the image pins {'f' * 40}" in other.stderr
 
 
-# --- limits, users -----------------------------------------------------------------------------------------------------
+# --- limits, users ----------------------------------------------------------------------------------------------------
 
 def test_step_limits_come_from_settings_and_bad_ones_are_one_line(monkeypatch):
     from parity.host.backends.docker import Limits
@@ -699,7 +699,8 @@ def test_an_installed_copy_runs_matrix_and_names_parity_root_when_it_needs_image
                          text=True, cwd=tmp_path, env=env)
     assert tag.returncode == 2 and "PARITY_ROOT" in tag.stderr
     doctor = run("doctor", PARITY_ROOT=str(ROOT))
-    assert doctor.returncode == 0 and re.search(rf"images/\s+│ ok\s+│ {re.escape(str(ROOT / 'images'))}", doctor.stdout)
+    images_row = rf"images/\s+│ ok\s+│ {re.escape(str(ROOT / 'images'))}"
+    assert doctor.returncode == 0 and re.search(images_row, doctor.stdout)
     probe = "from parity.host import envs, images; print(envs.code_root()); print(*images.code_mounts())"
     where = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                            env={**env, "PARITY_ROOT": str(ROOT)})

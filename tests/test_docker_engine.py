@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -240,7 +239,8 @@ def test_upstream_sources_come_from_a_local_checkout_at_the_pinned_commit(engine
     slot = copy / "images" / "upstream" / "msn"
     (slot / "src").mkdir(parents=True)
     (slot / "src" / "deit.py").write_text("MADE_BY = 'the test'\n")
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
     for args in (["init", "-q", "."], ["add", "src"], ["commit", "-q", "-m", "pinned"]):
         subprocess.run(["git", *args], cwd=slot, check=True, env=env, capture_output=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=slot, capture_output=True, text=True).stdout.strip()
@@ -356,7 +356,7 @@ def test_a_hung_step_is_killed_at_its_deadline_and_removed(engine, ci_images, tm
     assert not (tmp_path / "out" / "dump").exists()
 
 
-# --- compose, as a non-root user ---------------------------------------------------------------------------------------
+# --- compose, as a non-root user --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def compose_checkout(engine, ci_images):
@@ -420,7 +420,7 @@ def test_compose_convert_passes_bit_identical_to_the_local_backend_and_owned_by_
         folder = out / origin if origin else out
         report = json.loads((folder / "report.json").read_text())
         assert report["verdict"] == "pass"
-        local_dump = (tmp_path / "local" / variant / origin / "dump") if origin else tmp_path / "local" / variant / "dump"
+        local_dump = tmp_path / "local" / variant / (origin or "") / "dump"
         assert _tensor_hashes(folder / "dump") == _tensor_hashes(local_dump), f"{origin or variant}: dumps differ"
         assert (folder / "hf" / "config.json").is_file() and (folder / "report.md").is_file()
     if len(origins) > 1:
@@ -431,13 +431,14 @@ def test_compose_convert_passes_bit_identical_to_the_local_backend_and_owned_by_
 def test_compose_fixture_recipes_run_with_the_fixtures_overlay(compose_checkout, ci_images):
     """compose.fixtures.yaml mounts PARITY_FIXTURES read-only at its host path; the fixture recipes whose origins
     build from registries (SAM, UperNet mmseg0) dump from the fixture checkpoint in their origin containers."""
-    result = _compose(compose_checkout, ci_images, "convert", "sam-fixture-vit-tiny", project=f"paritytest{os.getpid()}",
-                      files=("compose.yaml", "compose.fixtures.yaml"), extra={"PARITY_FIXTURES": str(FIXTURES)})
+    overlay = ("compose.yaml", "compose.fixtures.yaml")
+    result = _compose(compose_checkout, ci_images, "convert", "sam-fixture-vit-tiny",
+                      project=f"paritytest{os.getpid()}", files=overlay, extra={"PARITY_FIXTURES": str(FIXTURES)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((compose_checkout / "out" / "sam-fixture-vit-tiny" / "dump" / "manifest.json").read_text())
     assert manifest["checkpoint"]["source"].startswith("fixture sam-vit-tiny/")
-    missing = _compose(compose_checkout, ci_images, "convert", "sam-fixture-vit-tiny", project=f"paritytest{os.getpid()}",
-                       files=("compose.yaml", "compose.fixtures.yaml"))
+    missing = _compose(compose_checkout, ci_images, "convert", "sam-fixture-vit-tiny",
+                       project=f"paritytest{os.getpid()}", files=overlay)
     assert missing.returncode != 0 and "set PARITY_FIXTURES" in missing.stderr
 
 
@@ -470,13 +471,13 @@ def test_a_signal_to_the_convert_container_removes_every_step_container(engine, 
     assert leftovers == []
 
 
-# --- fixtures in containers --------------------------------------------------------------------------------------------
+# --- fixtures in containers -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fixture", FIXTURE_NAMES)
 def test_every_golden_fixture_imports_and_diffs_in_containers(ci_images, tmp_path, fixture):
-    """`parity diff --dump <fixture> --backend docker`: the fixture is imported in its family's importer image (fixtures,
-    sam or mmseg0 — none needs upstream sources) and diffed in the transformers image; the imported dump is the one the
-    local backend imports, bit for bit."""
+    """`parity diff --dump <fixture> --backend docker`: the fixture is imported in its family's importer image
+    (fixtures, sam or mmseg0 — none needs upstream sources) and diffed in the transformers image; the imported dump is
+    the one the local backend imports, bit for bit."""
     env = {"PARITY_OS_IMAGE": ci_images.get("PARITY_OS_IMAGE", ""), "PARITY_CACHE_DIR": str(tmp_path / "cache")}
     docker_run = parity("diff", "--dump", str(FIXTURES / fixture), "--backend", "docker", "--out",
                         str(tmp_path / "docker"), env=env)

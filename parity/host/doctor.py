@@ -34,10 +34,10 @@ def engine_rows(client: Any, *, root: Path = images.ROOT, environ: Mapping[str, 
     """Every Docker row, given a connected docker.DockerClient."""
     version = client.version()
     info = client.info()
+    server = info.get("ServerVersion", version.get("Version", "?"))
     rows: list[Row] = [("docker engine", "ok",
-                        f"Docker {info.get('ServerVersion', version.get('Version', '?'))} (API "
-                        f"{version.get('ApiVersion', '?')}), {info.get('Driver', '?')} storage, {info.get('NCPU', '?')} "
-                        f"CPUs, {_gb(info.get('MemTotal', 0))} memory")]
+                        f"Docker {server} (API {version.get('ApiVersion', '?')}), {info.get('Driver', '?')} storage, "
+                        f"{info.get('NCPU', '?')} CPUs, {_gb(info.get('MemTotal', 0))} memory")]
     runtimes = set(info.get("Runtimes") or {})
     if "nvidia" in runtimes or info.get("DefaultRuntime") == "nvidia":
         rows.append(("GPU in containers", "nvidia runtime", "the engine can give step containers NVIDIA GPUs "

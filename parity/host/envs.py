@@ -49,7 +49,8 @@ def images_dir() -> Path:
 
 def missing_images_message() -> str:
     if os.environ.get("PARITY_ROOT"):
-        return f"PARITY_ROOT={os.environ['PARITY_ROOT']} holds no images/ folder: point PARITY_ROOT at a parity checkout"
+        return (f"PARITY_ROOT={os.environ['PARITY_ROOT']} holds no images/ folder: point PARITY_ROOT at a parity "
+                "checkout")
     return (f"this copy of parity ({PACKAGE_ROOT}) has no images/ folder (pin files, Dockerfiles) beside it: set "
             "PARITY_ROOT to a parity checkout")
 

@@ -39,7 +39,7 @@ from parity.contracts.errors import ParityError
 from parity.contracts.steps import StepRequest
 from parity.host import images
 from parity.host.backends import Progress, StepOutput, step_command
-from parity.host.envs import LAYER, cache_dir, split_name
+from parity.host.envs import cache_dir, split_name
 
 CONTAINER_ENV = {"PYTHONHASHSEED": "0", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/tmp",
                  "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.matplotlib", "HF_HUB_OFFLINE": "1"}
@@ -54,9 +54,13 @@ class Limits:
     """What a step container may use (PARITY_DOCKER_* settings)."""
 
     timeout_s: int = 7200
+    """Seconds a step may run before its container is killed."""
     memory: int | None = None
+    """Memory limit in bytes (swap included), None for none."""
     pids: int = 4096
+    """Most processes and threads at once."""
     tmpfs: str = "4g"
+    """Size of the tmpfs /tmp (docker syntax)."""
 
     @classmethod
     def from_env(cls, engine_memory: int | None = None) -> Limits:
