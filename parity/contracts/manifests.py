@@ -51,6 +51,37 @@ class CheckpointRecord(Strict):
     """Tensors in the original state dict after the original loader ran."""
 
 
+class UpstreamRepository(Strict):
+    url: str
+    """The repository's upstream URL."""
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+    """The commit the image was built from (verified after the fetch)."""
+    fetched_from: str
+    """Where the commit's objects came from: the URL, or a local checkout in the build context."""
+    path: str
+    """Where the checkout lives in the image."""
+
+
+class UpstreamPatch(Strict):
+    repository: str
+    """Which repository the patch was applied to."""
+    name: str
+    """The patch file's name (images/<env>/...)."""
+    sha256: Sha256
+    """The patch file's sha256, checked against the Dockerfile's declaration before it was applied."""
+
+
+class ImageUpstreamRecord(Strict):
+    """/opt/parity-upstream.json of an upstream-source image (written by images/upstream/upstream.py at build time)."""
+
+    repositories: dict[str, UpstreamRepository] = Field(default_factory=dict)
+    """Repository name -> what was fetched."""
+    patches: list[UpstreamPatch] = Field(default_factory=list)
+    """Declared source patches, in the order applied."""
+    notes: dict[str, str] = Field(default_factory=dict)
+    """Further build facts, e.g. `ops.<name>`: which compiled ops were built and for which targets."""
+
+
 class EnvironmentRecord(Strict):
     python: str
     """Python version."""
@@ -66,6 +97,11 @@ class EnvironmentRecord(Strict):
     """Versions of the packages that define the result."""
     upstream: str | None = None
     """Upstream source of the original code (package==version or repo@commit)."""
+    image_upstream: ImageUpstreamRecord | None = None
+    """In an upstream-source image: its record of commits, sources, patches (with sha256) and compiled ops."""
+    code_paths: dict[str, str] = Field(default_factory=dict)
+    """Which implementation actually ran where the original code picks one at run time, e.g. Mask2Former's
+    deformable attention: its compiled op or upstream's pure-PyTorch fallback (with call counts)."""
 
 
 class DeterminismRecord(Strict):

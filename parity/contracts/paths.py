@@ -7,6 +7,9 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The `parity` package folder."""
+UPSTREAM_RECORD = Path("/opt/parity-upstream.json")
+"""In upstream-source images: what images/upstream/upstream.py fetched, patched and built (read into every dump's
+environment record)."""
 
 _step_fixtures: Path | None = None
 """The fixtures folder a step request named (set by the origin runtime for the step it serves)."""

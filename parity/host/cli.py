@@ -6,6 +6,7 @@ Exit codes: 0 every variant passed; 1 a variant failed parity; 2 bad input or an
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -75,11 +76,18 @@ def os_error_line(exc: OSError) -> str:
     return f"{paths}: {reason}" if paths else reason
 
 
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def one_line_errors(fn: Callable) -> Callable:
     """Every error ends in one line on stderr and exit code 2 (exit 1 is reserved for 'parity failed')."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
+        # SIGTERM (docker stop, a CI runner's cancel) unwinds like Ctrl-C, so that steps' processes and containers are
+        # removed; without a handler it would end the process at once (or, as a container's PID 1, be ignored)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -99,7 +107,8 @@ def one_line_errors(fn: Callable) -> Callable:
 
 
 OutOption = Annotated[Path, typer.Option("--out", help="Output root; each variant writes OUT/<id>/.")]
-BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", help="local (default) or docker.")]
+BackendOption = Annotated[Optional[BackendName], typer.Option("--backend", envvar="PARITY_BACKEND",
+                                                                help="local (default) or docker.")]
 DeviceOption = Annotated[Device, typer.Option("--device", envvar="PARITY_DEVICE", help="Where both sides run.")]
 AllModulesOption = Annotated[bool, typer.Option("--all-modules", help="Also diff every module pair derived from "
                                                                         "the weight mapping (dump needs it too).")]
@@ -796,7 +805,8 @@ def matrix(
 @app.command()
 @one_line_errors
 def doctor() -> None:
-    """What can run here: backends, Docker engine, GPU, and each environment (built, buildable, or Docker-only)."""
+    """What can run here: each local environment (built, buildable, or Docker-only), GPU, and the Docker side: the
+    engine and its version, each image (built, stale, missing), GPU support in the engine, the CA bundle, free disk."""
     import importlib.util
     import platform
     import shutil
@@ -806,16 +816,10 @@ def doctor() -> None:
     table = Table("check", "status", "detail")
     table.add_row("python", "ok", f"{platform.python_version()} ({sys.executable})")
     table.add_row("cache", "ok", str(envs.cache_dir()))
-    if importlib.util.find_spec("docker") is None:
-        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    if envs.IMAGES.is_dir():
+        table.add_row("images/", "ok", str(envs.IMAGES))
     else:
-        try:
-            from parity.host.backends.docker import DockerBackend
-
-            DockerBackend()
-            table.add_row("docker backend", "ok", "engine reachable")
-        except ParityError as exc:
-            table.add_row("docker backend", "unavailable", escape(str(exc)))
+        table.add_row("images/", "missing", escape(envs.missing_images_message()))
     gpu = shutil.which("nvidia-smi")
     table.add_row("GPU", "present" if gpu else "none", gpu or "no nvidia-smi on PATH: --device cuda unavailable")
     for folder in sorted(p.parent for p in envs.IMAGES.glob("*/requirements.txt")):
@@ -828,6 +832,21 @@ def doctor() -> None:
         else:
             state, detail = "buildable", f"built on first use into {envs.env_dir(name)}"
         table.add_row(f"env {name}", state, escape(detail))
+    if importlib.util.find_spec("docker") is None:
+        table.add_row("docker backend", "unavailable", "docker SDK not installed (pip install 'parity[docker]')")
+    else:
+        try:
+            from parity.host.backends.docker import DockerBackend
+
+            client = DockerBackend._connect()
+        except ParityError as exc:
+            table.add_row("docker backend", "unavailable", escape(str(exc)))
+        else:
+            from parity.host.doctor import engine_rows
+
+            if envs.IMAGES.is_dir():
+                for row in engine_rows(client):
+                    table.add_row(*(escape(cell) for cell in row))
     stdout.print(table)
 
 

@@ -28,14 +28,48 @@ from pathlib import Path
 from parity.contracts.errors import ParityError
 from parity.contracts.paths import PACKAGE_ROOT
 
-PROJECT_ROOT = PACKAGE_ROOT.parent
-"""The checkout: images/ (pin files, Dockerfiles) and the parity package that environments run."""
+PROJECT_ROOT = Path(os.environ["PARITY_ROOT"]).expanduser().resolve() if os.environ.get("PARITY_ROOT") \
+    else PACKAGE_ROOT.parent
+"""The checkout holding images/ (pin files, Dockerfiles): PARITY_ROOT, else the folder the parity package sits in (a
+checkout or an editable install). An installed copy (`pip install .`) carries no images/: it needs PARITY_ROOT."""
 IMAGES = PROJECT_ROOT / "images"
 LAYER = "base"
 COMPLETE = "parity-env.json"
 NO_BUILD_ISOLATION = "requirements-nobuildisolation.txt"
 """Optional second stage of an environment: source builds that must see the installed torch / setuptools pins
 (`pip install --no-build-isolation`), installed after requirements.txt. The Dockerfiles run the same two stages."""
+
+
+def images_dir() -> Path:
+    """IMAGES, or a one-line error naming PARITY_ROOT when this copy of parity has no images/ beside it."""
+    if not IMAGES.is_dir():
+        raise ParityError(missing_images_message())
+    return IMAGES
+
+
+def missing_images_message() -> str:
+    if os.environ.get("PARITY_ROOT"):
+        return (f"PARITY_ROOT={os.environ['PARITY_ROOT']} holds no images/ folder: point PARITY_ROOT at a parity "
+                "checkout")
+    return (f"this copy of parity ({PACKAGE_ROOT}) has no images/ folder (pin files, Dockerfiles) beside it: set "
+            "PARITY_ROOT to a parity checkout")
+
+
+def code_root() -> Path:
+    """What environments put on PYTHONPATH to import the running parity package: the folder it sits in (a checkout),
+    or, for an installed copy, a folder in the cache linking to it (site-packages itself would put the host's
+    packages ahead of the environment's own)."""
+    if PACKAGE_ROOT.parent.name not in ("site-packages", "dist-packages"):
+        return PACKAGE_ROOT.parent
+    link_dir = cache_dir() / "code" / hashlib.sha256(str(PACKAGE_ROOT).encode()).hexdigest()[:12]
+    link = link_dir / "parity"
+    if not link.is_symlink() or link.resolve() != PACKAGE_ROOT:
+        link_dir.mkdir(parents=True, exist_ok=True)
+        tmp = link_dir / f".parity.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(PACKAGE_ROOT, target_is_directory=True)
+        tmp.replace(link)
+    return link_dir
 
 
 def cache_dir() -> Path:
@@ -74,7 +108,7 @@ def pinned_version(base: str, distribution: str | None = None) -> str:
 
 
 def _own_pins(base: str) -> Path:
-    own = IMAGES / base / "requirements.txt"
+    own = images_dir() / base / "requirements.txt"
     if not own.is_file():
         known = sorted(p.parent.name for p in IMAGES.glob("*/requirements.txt"))
         raise ParityError(f"no environment {base!r} (images/{base}/requirements.txt missing; "
@@ -105,7 +139,7 @@ def pin_files(name: str) -> list[Path]:
     own = _derived_pins(base, version) if version else _own_pins(base)
     if base == LAYER:
         return [own]
-    second = IMAGES / base / NO_BUILD_ISOLATION
+    second = images_dir() / base / NO_BUILD_ISOLATION
     return [IMAGES / LAYER / "requirements.txt", own] + ([second] if second.is_file() else [])
 
 
@@ -118,7 +152,7 @@ def pin_hash(name: str) -> str:
 
 def local_unsupported(name: str) -> str | None:
     """Why an origin cannot be built here (images/<name>/LOCAL_UNSUPPORTED), or None."""
-    marker = IMAGES / split_name(name)[0] / "LOCAL_UNSUPPORTED"
+    marker = images_dir() / split_name(name)[0] / "LOCAL_UNSUPPORTED"
     return marker.read_text().strip() if marker.is_file() else None
 
 
@@ -269,7 +303,7 @@ def _install(name: str, staging: Path, log: Path, on_progress: Callable[[str], N
 def env_vars() -> dict[str, str]:
     """What every environment process gets: the project on sys.path and deterministic hashing / cuBLAS."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env["PYTHONPATH"] = str(code_root())
     env["PYTHONHASHSEED"] = "0"
     env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     env.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

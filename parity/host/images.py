@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from parity.contracts.errors import ParityError
+from parity.contracts.paths import PACKAGE_ROOT
+from parity.host.envs import PROJECT_ROOT, missing_images_message
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-"""The checkout (images/ and the parity package live here)."""
+ROOT = PROJECT_ROOT
+"""The checkout holding images/ (PARITY_ROOT, else the folder the parity package sits in)."""
 IMAGES = "images"
 LAYER = "base"
 TAG_PREFIX = "parity"
@@ -55,14 +57,16 @@ OS_ARG = "OS_IMAGE"
 DEFAULT_OS_IMAGE = "python:3.11.7-slim-bookworm"
 CA_CONTEXT_FILE = "images/ca/host-ca.crt"
 UPSTREAM_SLOT = "images/upstream"
-CODE_PACKAGES = ("parity",)
-"""Parity's code, mounted read-only into every step container at CODE_DIR/<package> (images put CODE_DIR first on
-PYTHONPATH)."""
 CODE_DIR = "/opt/parity"
+"""The running parity package is mounted read-only at CODE_DIR/parity in every step container (images put CODE_DIR
+first on PYTHONPATH)."""
 CA_IN_CONTAINER = "/run/parity/host-ca.crt"
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
-UPSTREAM_RECORD = "/opt/parity-upstream.json"
-"""Written by images/upstream/upstream.py in upstream-source images: commits, sources, patches + sha256, built ops."""
+
+
+BUILDER_BOOKKEEPING = re.compile(r"^(Step \d+/\d+ : | ---> |Removing intermediate container |Successfully )")
+"""The classic builder's own lines; a failed build's error names the last other line (what the failing step said)."""
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class ImageError(ParityError):
@@ -72,6 +76,8 @@ class ImageError(ParityError):
 # --- Dockerfiles ------------------------------------------------------------------------------------------------------
 
 def dockerfile(env: str, root: Path = ROOT) -> Path:
+    if not (Path(root) / IMAGES).is_dir():
+        raise ImageError(missing_images_message() if Path(root) == ROOT else f"{root} holds no images/ folder")
     path = Path(root) / IMAGES / env / "Dockerfile"
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", env) or not path.is_file():
         raise ImageError(f"no image {env!r} (images/{env}/Dockerfile missing; known: {', '.join(known_images(root))})")
@@ -331,6 +337,22 @@ def docker_build_argv(env: str, *, root: Path = ROOT, environ: Mapping[str, str]
     return argv + [spec["path"]]
 
 
+def plan(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mapping[str, str] | None = None
+         ) -> list[tuple[str, str, bool]]:
+    """(env, tag, whether the engine has it) for `envs` and their parents, parents first: what a build would do."""
+    import docker.errors
+
+    rows = []
+    for env in build_order(envs, root):
+        tag = image_tag(env, root=root, environ=environ)
+        try:
+            client.images.get(tag)
+            rows.append((env, tag, True))
+        except docker.errors.ImageNotFound:
+            rows.append((env, tag, False))
+    return rows
+
+
 def build(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mapping[str, str] | None = None,
           on_line: Callable[[str], None] = print, force: bool = False) -> list[tuple[str, str, float | None]]:
     """Build `envs` and their parents, parents first, through `client` (docker.DockerClient). Tags the engine already
@@ -352,12 +374,17 @@ def build(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mappi
                 pass
         on_line(f"{tag}: building images/{env}/Dockerfile")
         start = time.monotonic()
+        last = ""
         try:
             for chunk in client.api.build(**spec):
                 if "error" in chunk:
-                    raise ImageError(f"building {tag} failed: {chunk['error'].strip().splitlines()[-1]}")
-                for line in str(chunk.get("stream", "")).splitlines():
+                    error = chunk["error"].strip().splitlines()[-1]
+                    raise ImageError(f"building {tag} failed: {last} ({error})" if last else
+                                     f"building {tag} failed: {error}")
+                for line in ANSI_ESCAPE.sub("", str(chunk.get("stream", ""))).splitlines():
                     if line.strip():
+                        if not BUILDER_BOOKKEEPING.match(line):
+                            last = line.strip()
                         on_line(f"{env}: {line.rstrip()}")
         except docker.errors.APIError as exc:
             raise ImageError(f"building {tag} failed: {exc.explanation or exc}") from None
@@ -369,11 +396,10 @@ def build(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mappi
 
 # --- run time ---------------------------------------------------------------------------------------------------------
 
-def code_mounts(root: Path = ROOT) -> dict[str, dict[str, str]]:
-    """Docker SDK `volumes` entries mounting parity's code read-only at CODE_DIR/<package> (host paths as the engine
-    sees them: the checkout is at the same path on the host and in the compose `convert` service)."""
-    return {str((Path(root) / package).resolve()): {"bind": f"{CODE_DIR}/{package}", "mode": "ro"}
-            for package in CODE_PACKAGES}
+def code_mounts(package: Path = PACKAGE_ROOT) -> dict[str, dict[str, str]]:
+    """Docker SDK `volumes` entries mounting the running parity package read-only at CODE_DIR/parity (a host path as
+    the engine sees it: the checkout is at the same path on the host and in the compose `convert` service)."""
+    return {str(Path(package).resolve()): {"bind": f"{CODE_DIR}/parity", "mode": "ro"}}
 
 
 def runtime_ca(root: Path = ROOT) -> dict[str, dict]:
@@ -385,13 +411,6 @@ def runtime_ca(root: Path = ROOT) -> dict[str, dict]:
         return {"volumes": {}, "environment": {}}
     return {"volumes": {str(path): {"bind": CA_IN_CONTAINER, "mode": "ro"}},
             "environment": {var: CA_IN_CONTAINER for var in CA_ENV_VARS}}
-
-
-def upstream_record(path: str | Path = UPSTREAM_RECORD) -> dict[str, Any] | None:
-    """Inside an upstream-source image: the record of commits, sources, patches (+ sha256) and built ops, for a
-    dump's environment record. None where the image has none (PyPI-only images, local venvs)."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --- command line -----------------------------------------------------------------------------------------------------

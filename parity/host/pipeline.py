@@ -8,6 +8,8 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from parity.contracts.errors import ParityError
@@ -44,6 +46,19 @@ def _reads_fixtures(recipe: Recipe) -> bool:
     return any(image.kind == "fixture-file" for image in recipe.inputs.images) or bool(recipe.spec.fixture_folders())
 
 
+@contextmanager
+def staged(target: Path):
+    """A fresh, empty folder beside `target` for a step to write into, so that a sandboxing backend gives the step
+    that folder alone (never the checkpoint cache or the dump cache that holds it); the caller renames the result
+    into place. Removed afterwards, whatever happened."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress,
                         log: Path | None = None) -> None:
     """The original code builds the model, re-draws every tensor from the seed and saves its native container."""
@@ -51,8 +66,10 @@ def generate_checkpoint(recipe: Recipe, backend: Backend, path: Path, on_progres
         raise ParityError(f"{path} is a folder; generate writes one checkpoint file (e.g. {path / 'model.pth'})")
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_dead(path.parent, prefix=f".{path.name}.")
-    backend.run(recipe.origin, GenerateRequest(recipe=recipe, out=path),
-                log=log or cache_dir() / "logs" / f"generate-{recipe.id}.log", on_progress=on_progress)
+    with staged(path) as folder:
+        backend.run(recipe.origin, GenerateRequest(recipe=recipe, out=folder / path.name),
+                    log=log or cache_dir() / "logs" / f"generate-{recipe.id}.log", on_progress=on_progress)
+        (folder / path.name).replace(path)
 
 
 def _generate_cached(recipe: Recipe, backend: Backend, path: Path, on_progress: Progress, log: Path) -> None:
@@ -130,9 +147,14 @@ def import_fixture(fixture: Path, backend: Backend, cache: Path, on_progress: Pr
         for staging in dumps.glob(f".{dump_dir.name}.*"):
             shutil.rmtree(staging, ignore_errors=True)
         on_progress(f"importing fixture {fixture.name} (original loader re-exports its state dict)")
-        request = ImportFixtureRequest(recipe=recipe, fixture=fixture, fixtures=fixture.parent, out=dump_dir)
-        return backend.run(family_of(recipe).importer_env, request, log=cache / "logs" / f"import-{fixture.name}.log",
-                           on_progress=on_progress).dump
+        with staged(dump_dir) as folder:
+            request = ImportFixtureRequest(recipe=recipe, fixture=fixture, fixtures=fixture.parent,
+                                           out=folder / "dump")
+            backend.run(family_of(recipe).importer_env, request, log=cache / "logs" / f"import-{fixture.name}.log",
+                        on_progress=on_progress)
+            shutil.rmtree(dump_dir, ignore_errors=True)
+            (folder / "dump").replace(dump_dir)
+        return dump_dir
 
 
 def clear_stale(out: Path, *extra: str, keep: Path | None = None) -> None:

@@ -52,6 +52,7 @@ def generate(request: GenerateRequest) -> GenerateResponse:
 
 
 def dump(request: DumpRequest) -> DumpResponse:
+    from parity.origin import codepaths
     from parity.origin.capture import ModuleRecorder
     from parity.origin.dump import file_entry, write_dump
     from parity.origin.images import raw_images
@@ -66,6 +67,7 @@ def dump(request: DumpRequest) -> DumpResponse:
     with tempfile.TemporaryDirectory(prefix=f"parity-step-{os.getpid()}-") as staging:
         images, files = raw_images(recipe, Path(staging), request.fixtures)
         progress("running the original forward with captures")
+        codepaths.clear()
         recorder = ModuleRecorder(model) if request.all_modules else None
         try:
             inputs, refs = origin.run_captures(recipe, model, images, request.device)
@@ -80,7 +82,7 @@ def dump(request: DumpRequest) -> DumpResponse:
             producer="origin",
             checkpoint=CheckpointRecord(source=request.checkpoint_source, sha256=ckpt.sha256, bytes=ckpt.bytes,
                                         container=recipe.checkpoint.container, n_tensors=len(state_dict)),
-            environment=environment_record(request.device, origin.PACKAGES, origin.UPSTREAM),
+            environment=environment_record(request.device, origin.PACKAGES, origin.UPSTREAM, codepaths.recorded()),
             determinism=determinism,
             state_dict=state_dict,
             inputs=inputs,

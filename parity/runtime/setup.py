@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import torch
 
-from parity.contracts.manifests import DeterminismRecord, EnvironmentRecord
+from parity.contracts.manifests import DeterminismRecord, EnvironmentRecord, ImageUpstreamRecord
+from parity.contracts.paths import UPSTREAM_RECORD
 
 
 def set_determinism(device: str, threads: int) -> DeterminismRecord:
@@ -21,7 +23,13 @@ def set_determinism(device: str, threads: int) -> DeterminismRecord:
     return DeterminismRecord(deterministic_algorithms=True, num_threads=threads, tf32=False, dtype="float32")
 
 
-def environment_record(device: str, packages: Iterable[str], upstream: str | None = None) -> EnvironmentRecord:
+def image_upstream(path: Path = UPSTREAM_RECORD) -> ImageUpstreamRecord | None:
+    """The image's record of upstream commits, patches and compiled ops; None outside upstream-source images."""
+    return ImageUpstreamRecord.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def environment_record(device: str, packages: Iterable[str], upstream: str | None = None,
+                       code_paths: Mapping[str, str] | None = None) -> EnvironmentRecord:
     versions = {}
     for name in packages:
         try:
@@ -29,4 +37,5 @@ def environment_record(device: str, packages: Iterable[str], upstream: str | Non
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return EnvironmentRecord(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-                             cuda=torch.version.cuda, device=device, packages=versions, upstream=upstream)
+                             cuda=torch.version.cuda, device=device, packages=versions, upstream=upstream,
+                             image_upstream=image_upstream(), code_paths=dict(code_paths or {}))

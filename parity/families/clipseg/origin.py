@@ -136,8 +136,8 @@ def load_tower(recipe: Recipe, checkpoint: Path, tower_state: dict[str, torch.Te
         return clip_from_state(tower_state)
     path = tower_file(recipe)
     if not path.is_file():
-        raise ParityError(f"CLIP tower not found at {path} (the clipseg image bakes ViT-B-16.pt there; "
-                          "set PARITY_CLIP_CHECKPOINT)")
+        raise ParityError(f"CLIP tower not found at {path}: the clipseg image does not carry OpenAI's ViT-B-16.pt; "
+                          "mount it there read-only, or set PARITY_CLIP_CHECKPOINT to it")
     if recipe.spec.tower.kind == "openai":
         import clip
 

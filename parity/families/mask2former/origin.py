@@ -5,7 +5,8 @@ Builds the model from the upstream yaml named in the recipe plus the recipe's va
 with detectron2's DetectionCheckpointer, runs detectron2's test-time preprocessing, and records raw predictions with
 forward hooks and pre-hooks: in eval mode MaskFormer.forward returns only post-processed results, and the pixel
 decoder's forward is bypassed (forward_features), so the predictor's inputs carry its features. Upstream code is
-never modified. On CPU, MSDeformAttn falls back to upstream's pure-PyTorch ms_deform_attn_core_pytorch.
+never modified. On CPU, MSDeformAttn falls back to upstream's pure-PyTorch ms_deform_attn_core_pytorch; every dump
+records which of the two actually ran (EnvironmentRecord.code_paths).
 
 Upstream imports stay inside functions: this module is imported by the torch-only fixture importer too.
 """
@@ -13,6 +14,7 @@ Upstream imports stay inside functions: this module is imported by the torch-onl
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch import nn
 
 from parity.contracts.errors import ParityError
 from parity.contracts.recipe import Recipe
+from parity.origin import codepaths
 from parity.origin.capture import CaptureLog
 from parity.origin.redraw import Site, redraw
 
@@ -288,6 +291,51 @@ def _preprocess(cfg, raw: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+DEFORM_ATTN = "mask2former.ms_deform_attn"
+"""codepaths name of the deformable-attention implementation that ran."""
+
+
+@contextlib.contextmanager
+def deform_attn_path():
+    """Record which deformable attention upstream's MSDeformAttn.forward ran: its compiled op
+    (MSDeformAttnFunction.apply) or, when that raises (CPU tensors, a CPU-only op build), its pure-PyTorch
+    ms_deform_attn_core_pytorch. forward looks both names up in its module's globals at call time, so counting
+    wrappers placed there see every call and change nothing that runs."""
+    from mask2former.modeling.pixel_decoder.ops.modules import ms_deform_attn as module
+
+    compiled, fallback = module.MSDeformAttnFunction, module.ms_deform_attn_core_pytorch
+    counts = {"compiled": 0, "fallback": 0}
+    raised: list[str] = []
+
+    class CountedFunction:
+        @staticmethod
+        def apply(*args):
+            try:
+                output = compiled.apply(*args)
+            except Exception as exc:
+                raised.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                raise
+            counts["compiled"] += 1
+            return output
+
+    def counted_fallback(*args, **kwargs):
+        counts["fallback"] += 1
+        return fallback(*args, **kwargs)
+
+    module.MSDeformAttnFunction, module.ms_deform_attn_core_pytorch = CountedFunction, counted_fallback
+    try:
+        yield
+    finally:
+        module.MSDeformAttnFunction, module.ms_deform_attn_core_pytorch = compiled, fallback
+        ran = []
+        if counts["compiled"]:
+            ran.append(f"compiled op MultiScaleDeformableAttention ({counts['compiled']} calls)")
+        if counts["fallback"]:
+            why = f"; the compiled op raised: {raised[0][:120]}" if raised else ""
+            ran.append(f"upstream's PyTorch fallback ms_deform_attn_core_pytorch ({counts['fallback']} calls{why})")
+        codepaths.record(DEFORM_ATTN, " and ".join(ran) or "not called")
+
+
 def run_captures(recipe: Recipe, model: nn.Module, images: dict[str, np.ndarray], device: str
                  ) -> tuple[CaptureLog, CaptureLog]:
     cfg = build_cfg(recipe, device)
@@ -349,7 +397,7 @@ def run_captures(recipe: Recipe, model: nn.Module, images: dict[str, np.ndarray]
     handles.append(predictor.register_forward_pre_hook(predictor_pre))
     handles.append(predictor.register_forward_hook(predictor_out))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), deform_attn_path():
             result = model([{"image": image.to(device), "height": raw.shape[0], "width": raw.shape[1]}])[0]
     finally:
         for handle in handles:
