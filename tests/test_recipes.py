@@ -170,7 +170,7 @@ def test_the_recipe_step_container_reads_the_config_folder_offline_and_writes_no
     assert recipe == answer and notes == ["a note"]
     (container,) = client.created
     config = container.config
-    assert config["network_disabled"] is True and config["image"] == image_tag("detectron2")
+    assert config["network_mode"] == "none" and config["image"] == image_tag("detectron2")
     assert config["volumes"][str(tmp_path / "configs")]["mode"] == "ro"
     assert config["volumes"][str(checkpoint)]["mode"] == "ro"
     assert all(volume["mode"] == "ro" for volume in config["volumes"].values())
