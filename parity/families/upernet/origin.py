@@ -184,7 +184,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
         else:
             model.dataset_meta = {"classes": meta["CLASSES"], "palette": meta.get("PALETTE")}
     model.eval()
-    return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return model, model.state_dict()
 
 
 def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -354,7 +354,7 @@ def _run_mmseg1(model, bgr: np.ndarray, inputs: CaptureLog, add):
 
 def _auxiliary(model, refs: CaptureLog, add, device: str) -> None:
     """The auxiliary FCNHead is not used at inference: run it explicitly on the four backbone outputs."""
-    feats = [refs.tensors[f"backbone.norm{i}"].to(device) for i in range(4)]
+    feats = [refs.read(f"backbone.norm{i}").to(device) for i in range(4)]
     handles = []
     for path in ("auxiliary_head.convs", "auxiliary_head.conv_seg"):
         def hook(_module, _args, output, path=path):
