@@ -1,13 +1,16 @@
-"""The port model: built on the meta device and filled with the converted tensors (nothing random-initialised),
-saved atomically, or an existing port loaded for re-verification."""
+"""The port model: built with its weights on the meta device and filled with the converted tensors (nothing
+random-initialised, one copy of the weights), saved atomically, or an existing port loaded for re-verification."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from parity.contracts.conversion import ConversionRecord
 from parity.contracts.errors import ParityError
@@ -31,12 +34,36 @@ def expected_shapes(model) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def build_converted_model(family: PortModule, recipe: Recipe, state: dict[str, torch.Tensor],
+@contextlib.contextmanager
+def weights_on_meta() -> Iterator[None]:
+    """Construction with every parameter and persistent buffer moved to the meta device as it is registered, so no
+    weight is allocated or initialised (initialisers run on meta tensors and do nothing); non-persistent buffers
+    (index tables, constants: not weights, never in a state dict) stay real, computed by the model's own code."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        if persistent and tensor is not None:
+            tensor = tensor.to("meta")
+        register_buffer(module, name, tensor, persistent=persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def build_converted_model(family: PortModule, recipe: Recipe, state: Mapping[str, torch.Tensor],
                           mutation: Mutation | None = None):
     """(model, record); model is None when strict accounting fails (the record says why)."""
     config = family.hf_config(recipe)
     cls = model_class(recipe)
-    with torch.device("meta"):
+    with weights_on_meta():
         model = cls(config)
     converted, record = convert_state_dict(recipe.id, state, family.rules(recipe), expected_shapes(model))
     if not record.ok:
@@ -47,31 +74,16 @@ def build_converted_model(family: PortModule, recipe: Recipe, state: dict[str, t
     if result.missing_keys or result.unexpected_keys:
         raise ParityError(f"loading the converted weights left missing {result.missing_keys[:3]} "
                           f"unexpected {result.unexpected_keys[:3]}")
-    _materialise_non_persistent_buffers(model, cls, config)
     still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         raise ParityError(f"tensors left on the meta device after loading: {still_meta[:3]}")
     return model.eval(), record
 
 
-def conversion_record(family: PortModule, recipe: Recipe, model, state: dict[str, torch.Tensor]) -> ConversionRecord:
+def conversion_record(family: PortModule, recipe: Recipe, model, state: Mapping[str, torch.Tensor]
+                      ) -> ConversionRecord:
     """The weight mapping of an existing port (for --all-modules pairing), without building anything."""
     return convert_state_dict(recipe.id, state, family.rules(recipe), expected_shapes(model))[1]
-
-
-def _materialise_non_persistent_buffers(model, cls, config) -> None:
-    """Non-persistent buffers (index tables, constants) are not weights: take them from a real construction.
-
-    Only runs when the model has such buffers; parameters of the throw-away instance are never copied."""
-    pending = [name for name, buf in model.named_buffers() if buf.is_meta]
-    if not pending:
-        return
-    reference = cls(config)
-    buffers = dict(reference.named_buffers())
-    for name in pending:
-        owner_path, _, leaf = name.rpartition(".")
-        owner = model.get_submodule(owner_path) if owner_path else model
-        owner._buffers[leaf] = buffers[name].detach().clone()
 
 
 def save_port(model, processor, out: Path) -> None:
