@@ -5,33 +5,15 @@ A log keeps no tensor in memory: each one is hashed and its bytes appended to a 
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from parity.contracts.errors import ParityError
 from parity.contracts.manifests import TensorEntry
-from parity.runtime.tensorfile import DTYPES, Slot, read_range, slot_of, write_tensor_file
-from parity.runtime.tensors import first_tensor, raw_bytes
-
-_spool_dir: Path | None = None
-
-
-@contextlib.contextmanager
-def spool_in(folder: Path) -> Iterator[None]:
-    """Spool the capture logs created inside this block into `folder` (the dump's own filesystem) instead of the
-    system temp folder."""
-    global _spool_dir
-    previous, _spool_dir = _spool_dir, Path(folder)
-    try:
-        yield
-    finally:
-        _spool_dir = previous
+from parity.runtime.tensorfile import Slot, Spool, write_tensor_file
+from parity.runtime.tensors import first_tensor
 
 
 class CaptureLog:
@@ -40,18 +22,14 @@ class CaptureLog:
     def __init__(self) -> None:
         self.entries: list[TensorEntry] = []
         self._slots: dict[str, Slot] = {}
-        self._spool = tempfile.TemporaryFile(prefix=".parity-captures-", dir=_spool_dir)
-        self._end = 0
+        self._spool = Spool()
 
     def add(self, name: str, tensor: torch.Tensor, module: str | None = None, layout: str | None = None,
             meaning: str | None = None) -> None:
         if name in self._slots:
             raise ParityError(f"capture {name!r} recorded twice")
-        data = raw_bytes(tensor)
-        slot = dataclasses.replace(slot_of(name, tensor), begin=self._end)
-        self._spool.write(data)
+        slot, data = self._spool.append(name, tensor)
         self._slots[name] = slot
-        self._end += data.nbytes
         self.entries.append(TensorEntry(name=name, shape=list(slot.shape), dtype=slot.dtype,
                                         sha256=hashlib.sha256(data).hexdigest(), module=module,
                                         execution_index=len(self.entries), layout=layout, meaning=meaning))
@@ -63,17 +41,12 @@ class CaptureLog:
         return len(self.entries)
 
     def read(self, name: str) -> torch.Tensor:
-        """A recorded tensor, read back from the spool (a copy: for the few captures a later step feeds on)."""
-        slot = self._slots[name]
-        self._spool.flush()
-        data = bytearray(b"".join(read_range(self._spool, slot.begin, slot.nbytes)))
-        return torch.frombuffer(data, dtype=DTYPES[slot.dtype]).reshape(slot.shape) if data else \
-            torch.empty(slot.shape, dtype=DTYPES[slot.dtype])
+        """A recorded tensor, mapped back from the spool (for the few captures a later step feeds on)."""
+        return self._spool.map(self._slots[name])
 
     def write(self, path: Path) -> tuple[str, int]:
         """The log as a safetensors file (spool bytes copied block by block); returns (sha256, size)."""
-        self._spool.flush()
-        return write_tensor_file(path, [(slot, lambda slot=slot: read_range(self._spool, slot.begin, slot.nbytes))
+        return write_tensor_file(path, [(slot, lambda slot=slot: self._spool.chunks(slot))
                                         for slot in self._slots.values()], {"format": "pt"})
 
 

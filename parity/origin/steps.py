@@ -41,10 +41,11 @@ def generate(request: GenerateRequest) -> GenerateResponse:
 
 
 def dump(request: DumpRequest) -> DumpResponse:
-    from parity.origin.capture import ModuleRecorder, spool_in
+    from parity.origin.capture import ModuleRecorder
     from parity.origin.dump import DumpWriter, file_entry
     from parity.origin.images import raw_images
     from parity.runtime.setup import environment_record, set_determinism
+    from parity.runtime.tensorfile import spool_in
 
     recipe = request.recipe
     origin = origin_module(recipe)
@@ -87,8 +88,9 @@ def import_fixture(request: ImportFixtureRequest) -> ImportFixtureResponse:
     import torch
     from safetensors.torch import load_file
 
-    from parity.origin.capture import CaptureLog, spool_in
+    from parity.origin.capture import CaptureLog
     from parity.origin.dump import DumpWriter, file_entry
+    from parity.runtime.tensorfile import spool_in
 
     recipe = request.recipe
     fixture = request.fixture

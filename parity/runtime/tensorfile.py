@@ -1,19 +1,25 @@
-"""safetensors files written and read one tensor at a time, so a full-size model is never held twice in memory.
+"""Tensors on disk, written and read one at a time, so a full-size model or forward is never held twice in memory.
 
-The format: an 8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}} plus an optional
-"__metadata__"), then every tensor's raw bytes back to back. Writing streams each tensor's bytes straight from its own
-memory, hashing the file as it goes (no serialised copy of the whole dict, no second read). Reading maps each tensor's
-own byte range of the file (copy-on-write, read only when touched, unmapped when the tensor is dropped), so only the
-tensors in use are resident; hashing a tensor reads its bytes from the file without mapping them at all.
+safetensors files: an 8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}} plus an
+optional "__metadata__"), then every tensor's raw bytes back to back. Writing streams each tensor's bytes straight from
+its own memory, hashing the file as it goes (no serialised copy of the whole dict, no second read). Reading maps each
+tensor's own byte range of the file (copy-on-write, read only when touched, unmapped when the tensor is dropped), so
+only the tensors in use are resident; hashing a tensor reads its bytes from the file without mapping them at all.
+
+Spools: anonymous files that captured tensors are appended to as they are produced, so a forward's captures leave
+memory at once and come back as mappings only when read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +120,15 @@ def read_range(fh, start: int, length: int) -> Iterator[bytes]:
         length -= len(block)
 
 
+def map_slot(file, slot: Slot, data_start: int = 0) -> torch.Tensor:
+    """A tensor backed by its own private copy-on-write mapping of a file's byte range (a path or an open file)."""
+    dtype = DTYPES[slot.dtype]
+    if slot.nbytes == 0:
+        return torch.empty(slot.shape, dtype=dtype)
+    window = np.memmap(file, dtype=np.uint8, mode="c", offset=data_start + slot.begin, shape=(slot.nbytes,))
+    return torch.from_numpy(window).view(dtype).reshape(slot.shape)
+
+
 class TensorFile:
     """A safetensors file's header, checked; each tensor mapped from the file on demand."""
 
@@ -173,14 +188,8 @@ class TensorFile:
         return name in self.slots
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The tensor mapped from its own byte range (private copy-on-write mapping; nothing read until touched)."""
-        slot = self.slots[name]
-        dtype = DTYPES[slot.dtype]
-        if slot.nbytes == 0:
-            return torch.empty(slot.shape, dtype=dtype)
-        window = np.memmap(self.path, dtype=np.uint8, mode="c", offset=self.data_start + slot.begin,
-                           shape=(slot.nbytes,))
-        return torch.from_numpy(window).view(dtype).reshape(slot.shape)
+        """The tensor mapped from its own byte range (nothing read until touched)."""
+        return map_slot(self.path, self.slots[name], self.data_start)
 
     def sha256(self, name: str) -> str:
         """sha256 of the tensor's raw bytes, read from the file (never mapped, so nothing stays resident)."""
@@ -190,3 +199,41 @@ class TensorFile:
             for block in read_range(fh, self.data_start + slot.begin, slot.nbytes):
                 digest.update(block)
         return digest.hexdigest()
+
+
+_spool_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def spool_in(folder: Path) -> Iterator[None]:
+    """Create the spools of this block in `folder` (the output's own filesystem) instead of the system temp folder."""
+    global _spool_dir
+    previous, _spool_dir = _spool_dir, Path(folder)
+    try:
+        yield
+    finally:
+        _spool_dir = previous
+
+
+class Spool:
+    """An anonymous file (gone when closed or when the process ends) that tensors are appended to."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix=".parity-spool-", dir=_spool_dir)
+        self.end = 0
+
+    def append(self, name: str, tensor: torch.Tensor) -> tuple[Slot, np.ndarray]:
+        """Write the tensor's bytes at the end; returns its slot and the bytes written (a view, for hashing)."""
+        data = raw_bytes(tensor)
+        slot = dataclasses.replace(slot_of(name, tensor), begin=self.end)
+        self.file.write(data)
+        self.end += data.nbytes
+        return slot, data
+
+    def chunks(self, slot: Slot) -> Iterator[bytes]:
+        self.file.flush()
+        return read_range(self.file, slot.begin, slot.nbytes)
+
+    def map(self, slot: Slot) -> torch.Tensor:
+        self.file.flush()
+        return map_slot(self.file, slot)
