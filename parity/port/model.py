@@ -1,16 +1,14 @@
-"""The port model: built with its weights on the meta device and filled with the converted tensors (nothing
-random-initialised, one copy of the weights), saved atomically, or an existing port loaded for re-verification."""
+"""The port model: built on the meta device and filled with the converted tensors (nothing allocated twice, nothing
+random-initialised), saved atomically, or an existing port loaded for re-verification."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from parity.contracts.conversion import ConversionRecord
 from parity.contracts.errors import ParityError
@@ -34,28 +32,42 @@ def expected_shapes(model) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-@contextlib.contextmanager
-def weights_on_meta() -> Iterator[None]:
-    """Construction with every parameter and persistent buffer moved to the meta device as it is registered, so no
-    weight is allocated or initialised (initialisers run on meta tensors and do nothing); non-persistent buffers
-    (index tables, constants: not weights, never in a state dict) stay real, computed by the model's own code."""
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+def _unset(dtype: torch.dtype) -> float | int | None:
+    """A fill no computed index table or constant holds (None for bool, where every value is legitimate)."""
+    if dtype == torch.bool:
+        return None
+    return float("nan") if dtype.is_floating_point else torch.iinfo(dtype).max
 
-    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and not param.is_meta:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register_parameter(module, name, param)
 
-    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
-        if persistent and tensor is not None:
-            tensor = tensor.to("meta")
-        register_buffer(module, name, tensor, persistent=persistent)
+def _still_unset(value: torch.Tensor) -> bool:
+    fill = _unset(value.dtype)
+    if fill is None:
+        return False
+    return bool(value.isnan().any() if value.is_floating_point() else (value == fill).any())
 
-    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+def materialise_non_persistent_buffers(model) -> None:
+    """Non-persistent buffers (index tables, constants: not weights, never in a state dict) computed as
+    `from_pretrained` computes them: materialised on the CPU, then filled by the owning model's own `_init_weights`
+    while every weight is still on the meta device (so the initialisers touch nothing else and draw nothing)."""
+    from transformers import PreTrainedModel
+
+    owners = {}
+    for name, buffer in list(model.named_buffers()):
+        owner_path, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_path)
+        if buffer.is_meta and leaf in owner._non_persistent_buffers_set:
+            fill = _unset(buffer.dtype)
+            owner._buffers[leaf] = torch.full(buffer.shape, False if fill is None else fill, dtype=buffer.dtype)
+            owners[owner_path] = owner
+    for owner_path, owner in owners.items():
+        parts = owner_path.split(".")
+        enclosing = (model.get_submodule(".".join(parts[:i])) for i in range(len(parts), -1, -1))
+        next(m for m in enclosing if isinstance(m, PreTrainedModel))._init_weights(owner)
+        for leaf in owner._non_persistent_buffers_set:
+            if owner._buffers.get(leaf) is not None and _still_unset(owner._buffers[leaf]):
+                raise ParityError(f"non-persistent buffer {owner_path}.{leaf} is not computed by its model's "
+                                  "_init_weights")
 
 
 def build_converted_model(family: PortModule, recipe: Recipe, state: Mapping[str, torch.Tensor],
@@ -63,8 +75,9 @@ def build_converted_model(family: PortModule, recipe: Recipe, state: Mapping[str
     """(model, record); model is None when strict accounting fails (the record says why)."""
     config = family.hf_config(recipe)
     cls = model_class(recipe)
-    with weights_on_meta():
+    with torch.device("meta"):
         model = cls(config)
+    materialise_non_persistent_buffers(model)
     converted, record = convert_state_dict(recipe.id, state, family.rules(recipe), expected_shapes(model))
     if not record.ok:
         return None, record
