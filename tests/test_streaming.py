@@ -72,7 +72,8 @@ save_tensors(path, {{"a": torch.ones(64), "b": torch.zeros(8)}})
 data = path.read_bytes()
 (length,) = struct.unpack("<Q", data[:8])
 cases = {{"truncated": data[:-16], "header": struct.pack("<Q", 1 << 40) + data[8:], "short": data[:5],
-          "gap": data[:8] + data[8:8 + length].replace(b'"data_offsets":[0,', b'"data_offsets":[4,') + data[8 + length:]}}
+          "gap": data[:8] + data[8:8 + length].replace(b'"data_offsets":[0,', b'"data_offsets":[4,')
+          + data[8 + length:]}}
 for name, damaged in cases.items():
     path.write_bytes(damaged)
     try:

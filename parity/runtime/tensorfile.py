@@ -148,7 +148,8 @@ class TensorFile:
             raise ParityError(f"{self.path} is missing") from None
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ParityError(f"{self.path} is not a readable safetensors file (truncated or damaged?): {reason}") from None
+            raise ParityError(f"{self.path} is not a readable safetensors file (truncated or damaged?): "
+                              f"{reason}") from None
         self.data_start = 8 + length
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self.slots = self._check(header, size - self.data_start)
