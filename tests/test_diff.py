@@ -74,3 +74,31 @@ def test_first_divergence_follows_execution_order_and_marks_downstream():
     results = [compare("c", 2, ok, bad, 1e-5, 0), compare("a", 0, ok, ok, 1e-5, 0), compare("b", 1, ok, bad, 1e-5, 0)]
     assert mark_first_divergence(results) == "b"
     assert [(r.name, r.downstream) for r in results] == [("a", False), ("b", False), ("c", True)]
+
+
+def test_metrics_over_several_chunks_equal_the_whole_array_computation():
+    """A capture three chunks long: the worst element in a later chunk (a tie resolved to its first occurrence) and a
+    declared NaN pair in the last chunk give the metrics a one-shot float64 computation gives; undeclared, the NaN
+    pair is the 'nonfinite' verdict, found in whichever chunk it sits."""
+    from parity.contracts.metrics import CHUNK
+    from parity.contracts.recipe import NonfiniteAllowance
+
+    rng = np.random.default_rng(1)
+    size = 2 * CHUNK + 123
+    origin = rng.normal(size=size).astype(np.float32)
+    port = origin + rng.normal(scale=1e-7, size=size).astype(np.float32)
+    for i in (CHUNK + 5, 2 * CHUNK + 7):
+        origin[i], port[i] = 1.0, 1.5
+    origin[-3] = port[-3] = np.nan
+    assert compare("x", 0, origin, port, 0.1, 0.0).verdict == "nonfinite"
+    declared = NonfiniteAllowance(values=["nan"], reason="a NaN the original writes into padding, by design")
+    r = compare("x", 0, origin, port, 0.1, 0.0, nonfinite=declared)
+    assert r.verdict == "fail" and r.worst_index == [CHUNK + 5] and r.max_abs == 0.5
+    assert r.mismatch_fraction == 2 / size and (r.nonfinite_origin, r.nonfinite_port) == (1, 1)
+    o = np.nan_to_num(origin.astype(np.float64))
+    p = np.nan_to_num(port.astype(np.float64))
+    diff = np.abs(p - o)
+    assert abs(r.mean_abs - diff.mean()) <= 1e-12 * diff.mean()
+    assert abs(r.rms - np.sqrt(np.mean(diff**2))) <= 1e-12 * r.rms
+    assert abs(r.cosine - np.dot(o, p) / np.sqrt(np.dot(o, o) * np.dot(p, p))) <= 1e-12
+    assert r.atol_needed == 0.5 and abs(r.rtol_needed - 0.4) < 1e-12

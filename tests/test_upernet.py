@@ -61,22 +61,22 @@ def test_both_origins_dumped_the_same_checkpoint_and_pixels(all_origins):
 
 
 EQUALISED_EPS = """
+import pathlib
 import sys
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from parity.runtime.setup import set_determinism
 from parity.families.upernet import origin
 from parity.host.registry import all_recipes
 recipe = all_recipes()[{tiny!r}].model_copy(update={{"origin": "mmseg0"}})
 set_determinism("cpu", 1)
-model, _ = origin.load_original(recipe, __import__("pathlib").Path({checkpoint!r}))
+model, _ = origin.load_original(recipe, pathlib.Path({checkpoint!r}))
 for i in (1, 2, 3):
     model.backbone.downsample_layers[i][0].eps = 1e-6
 image = np.asarray(Image.open({image!r}).convert("RGB"))
 _, refs = origin.run_captures(recipe, model, {{"image": image}}, "cpu")
-save_file({{k: v.contiguous() for k, v in refs.tensors.items()}}, {out!r})
+refs.write(pathlib.Path({out!r}))
 """
 
 
@@ -150,7 +150,7 @@ assert importlib.util.find_spec("mmcv._ext") is None
 from parity.origin.redraw import redraw
 redraw(model, 3, origin.redraw_rule)
 inputs, refs = origin.run_captures(recipe, model, {{"image": synthetic_image(1, 40, 40)}}, "cpu")
-assert shim.CALLS == [] and len(refs.tensors) > 30
+assert shim.CALLS == [] and len(refs) > 30
 for name in shim.NAMES:
     try:
         getattr(ops, name)(torch.zeros(1))

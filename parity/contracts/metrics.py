@@ -3,6 +3,9 @@ origin) and the port environment compute identical numbers."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from parity.contracts.recipe import NonfiniteAllowance
@@ -19,6 +22,50 @@ def nonfinite_kinds(values: np.ndarray) -> set[str]:
     if np.isneginf(values).any():
         kinds.add("-inf")
     return kinds
+
+
+CHUNK = 1 << 20
+"""Elements compared at a time: the float64 temporaries stay a few MiB however large the tensor is."""
+
+
+@dataclass
+class _Totals:
+    """Running reductions over the chunks of one comparison."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    sum_abs: float = 0.0
+    sum_sq: float = 0.0
+    dot_oo: float = 0.0
+    dot_pp: float = 0.0
+    dot_op: float = 0.0
+    over: int = 0
+    largest_excess: float = -math.inf
+    worst: int = 0
+    rtol_needed: float = 0.0
+
+    def add(self, o: np.ndarray, p: np.ndarray, start: int, atol: float, rtol: float) -> None:
+        diff = np.abs(p - o)
+        mag = np.abs(o)
+        # excess > 0 exactly where |diff| > atol + rtol * |origin|; the atol that would just pass is max(excess) + atol.
+        excess = diff - rtol * mag
+        excess -= atol
+        worst = int(np.argmax(excess))
+        if excess[worst] > self.largest_excess:
+            self.largest_excess, self.worst = float(excess[worst]), start + worst
+        over = np.flatnonzero(diff > atol)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.divide(diff, mag, out=np.zeros_like(diff), where=mag > 0)
+            if over.size:
+                self.rtol_needed = max(self.rtol_needed, float(np.max((diff[over] - atol) / mag[over])))
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.max_rel = max(self.max_rel, float(rel.max()))
+        self.sum_abs += float(diff.sum())
+        self.sum_sq += float(np.dot(diff, diff))
+        self.dot_oo += float(np.dot(o, o))
+        self.dot_pp += float(np.dot(p, p))
+        self.dot_op += float(np.dot(o, p))
+        self.over += int(np.count_nonzero(excess > 0))
 
 
 def compare(
@@ -47,50 +94,47 @@ def compare(
     origin_float, port_float = np.issubdtype(origin.dtype, np.floating), np.issubdtype(port.dtype, np.floating)
     if origin_float != port_float:
         return CaptureResult(verdict="dtype-mismatch", note=f"{origin.dtype} vs {port.dtype}", **base)
-    o = origin.astype(np.float64).ravel()
-    p = port.astype(np.float64).ravel()
-    bad_o = bad_p = 0
-    if not (np.isfinite(o).all() and np.isfinite(p).all()):
-        finite_o, finite_p = np.isfinite(o), np.isfinite(p)
-        bad_o, bad_p = int(o.size - np.count_nonzero(finite_o)), int(p.size - np.count_nonzero(finite_p))
+    flat_o, flat_p = origin.reshape(-1), port.reshape(-1)
+    size = flat_o.size
+    if size == 0:
+        return CaptureResult(verdict="pass", max_abs=0.0, mean_abs=0.0, rms=0.0, mismatch_fraction=0.0, **base)
+    totals, bad_o, bad_p, same_nonfinite, kinds = _Totals(), 0, 0, True, set()
+    for start in range(0, size, CHUNK):
+        o = flat_o[start:start + CHUNK].astype(np.float64)
+        p = flat_p[start:start + CHUNK].astype(np.float64)
+        if not (np.isfinite(o).all() and np.isfinite(p).all()):
+            finite_o, finite_p = np.isfinite(o), np.isfinite(p)
+            bad_o += int(o.size - np.count_nonzero(finite_o))
+            bad_p += int(p.size - np.count_nonzero(finite_p))
+            kinds |= nonfinite_kinds(o) | nonfinite_kinds(p)
+            same_nonfinite = same_nonfinite and np.array_equal(finite_o, finite_p) and \
+                np.array_equal(o[~finite_o], p[~finite_p], equal_nan=True)
+            o, p = np.where(finite_o, o, 0.0), np.where(finite_o, p, 0.0)
+        totals.add(o, p, start, atol, rtol)
+    if kinds:
         counts = dict(nonfinite_origin=bad_o, nonfinite_port=bad_p)
-        allowed = set(nonfinite.values) if nonfinite else set()
-        unexpected = (nonfinite_kinds(o) | nonfinite_kinds(p)) - allowed
+        unexpected = kinds - (set(nonfinite.values) if nonfinite else set())
         if unexpected:
             note = f"{', '.join(sorted(unexpected))} not declared by the recipe (tolerance.nonfinite)"
             return CaptureResult(verdict="nonfinite", note=note, **counts, **base)
-        same = np.array_equal(finite_o, finite_p) and np.array_equal(o[~finite_o], p[~finite_p], equal_nan=True)
-        if not same:
+        if not same_nonfinite:
             return CaptureResult(verdict="nonfinite", nonfinite_reason=nonfinite.reason,
                                  note="declared NaN/Inf values sit at different positions or signs", **counts, **base)
         base["nonfinite_reason"] = nonfinite.reason
-        o, p = np.where(finite_o, o, 0.0), np.where(finite_o, p, 0.0)
-    if o.size == 0:
-        return CaptureResult(verdict="pass", max_abs=0.0, mean_abs=0.0, rms=0.0, mismatch_fraction=0.0, **base)
-    diff = np.abs(p - o)
-    mag = np.abs(o)
-    # excess > 0 exactly where |diff| > atol + rtol * |origin|; the atol that would just pass is max(excess) + atol.
-    excess = diff - rtol * mag
-    excess -= atol
-    worst = int(np.argmax(excess))
-    largest_excess = float(excess[worst])
-    over = np.flatnonzero(diff > atol)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.divide(diff, mag, out=np.zeros_like(diff), where=mag > 0)
-        rtol_needed = float(np.max((diff[over] - atol) / mag[over])) if over.size else 0.0
-    norm = float(np.sqrt(np.dot(o, o) * np.dot(p, p)))
-    cosine = float(np.dot(o, p) / norm) if norm > 0 else (1.0 if np.array_equal(o, p) else 0.0)
+    norm = math.sqrt(totals.dot_oo * totals.dot_pp)
+    # A zero norm means a side is all zeros (after non-finite values are zeroed): the pair is equal iff both are.
+    cosine = totals.dot_op / norm if norm > 0 else (1.0 if totals.dot_oo == totals.dot_pp == 0 else 0.0)
     return CaptureResult(
-        verdict="pass" if largest_excess <= 0 else "fail",
-        max_abs=float(diff.max()),
-        max_rel=float(rel.max()),
-        mean_abs=float(diff.mean()),
-        rms=float(np.sqrt(np.dot(diff, diff) / diff.size)),
+        verdict="pass" if totals.largest_excess <= 0 else "fail",
+        max_abs=totals.max_abs,
+        max_rel=totals.max_rel,
+        mean_abs=totals.sum_abs / size,
+        rms=math.sqrt(totals.sum_sq / size),
         cosine=cosine,
-        mismatch_fraction=float(np.count_nonzero(excess > 0) / diff.size),
-        worst_index=[int(i) for i in np.unravel_index(worst, origin.shape)],
-        atol_needed=max(0.0, largest_excess + atol),
-        rtol_needed=rtol_needed,
+        mismatch_fraction=totals.over / size,
+        worst_index=[int(i) for i in np.unravel_index(totals.worst, origin.shape)],
+        atol_needed=max(0.0, totals.largest_excess + atol),
+        rtol_needed=totals.rtol_needed,
         nonfinite_origin=bad_o,
         nonfinite_port=bad_p,
         **base,

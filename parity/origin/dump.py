@@ -1,15 +1,19 @@
-"""Writing a dump folder atomically: tensors as safetensors, the manifest last, renamed into place when complete."""
+"""Writing a dump folder atomically: tensors as safetensors, the manifest last, renamed into place when complete.
+
+Every tensor file is streamed: the state dict tensor by tensor from the model's own memory (no copy of it), the
+capture logs from their spools; each file is hashed while it is written."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from parity.contracts.base import SCHEMA_VERSION
+from parity.contracts.errors import ParityError
 from parity.contracts.hashing import sha256_file
 from parity.contracts.io import write_model
 from parity.contracts.manifests import (
@@ -22,46 +26,59 @@ from parity.contracts.manifests import (
 from parity.contracts.recipe import Recipe
 from parity.origin.capture import CaptureLog
 from parity.runtime.protocol import progress
+from parity.runtime.tensorfile import save_tensors
 
 
 def file_entry(path: Path) -> FileEntry:
     return FileEntry(name=path.name, sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+class DumpWriter:
+    """A dump folder being written: everything goes into a staging folder beside `out_dir` (capture logs spool there
+    too), which `finish` renames into place once the manifest is written; leaving the block early removes it."""
 
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        self.staging.chmod(0o755)
+        self._state_dict: FileEntry | None = None
 
-def write_dump(
-    out_dir: Path,
-    *,
-    recipe: Recipe,
-    producer: str,
-    checkpoint: CheckpointRecord,
-    environment: EnvironmentRecord,
-    determinism: DeterminismRecord,
-    state_dict: dict[str, torch.Tensor],
-    inputs: CaptureLog,
-    references: CaptureLog,
-    raw_files: dict[str, Path],
-    modules: CaptureLog | None = None,
-) -> DumpManifest:
-    """Write the dump into a temp folder beside out_dir and rename it into place only when complete."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
-        _save_tensors(state_dict, staging / "state_dict.safetensors")
-        _save_tensors(inputs.tensors, staging / "inputs.safetensors")
-        _save_tensors(references.tensors, staging / "reference.safetensors")
+    def __enter__(self) -> DumpWriter:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def write_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """The original state dict as the original loader left it, streamed from the model's own tensors."""
+        sha256, size = save_tensors(self.staging / "state_dict.safetensors", state_dict, {"format": "pt"})
+        self._state_dict = FileEntry(name="state_dict.safetensors", sha256=sha256, bytes=size)
+
+    def finish(
+        self,
+        *,
+        recipe: Recipe,
+        producer: str,
+        checkpoint: CheckpointRecord,
+        environment: EnvironmentRecord,
+        determinism: DeterminismRecord,
+        inputs: CaptureLog,
+        references: CaptureLog,
+        raw_files: dict[str, Path],
+        modules: CaptureLog | None = None,
+    ) -> DumpManifest:
+        if self._state_dict is None:
+            raise ParityError("a dump needs its state dict written before it is finished")
+        inputs.write(self.staging / "inputs.safetensors")
+        references.write(self.staging / "reference.safetensors")
         if modules is not None:
-            _save_tensors(modules.tensors, staging / "modules.safetensors")
+            modules.write(self.staging / "modules.safetensors")
         progress("dump: tensors written, writing the manifest")
         raw_entries = []
         for name, source in raw_files.items():
-            shutil.copyfile(source, staging / name)
-            raw_entries.append(file_entry(staging / name))
+            shutil.copyfile(source, self.staging / name)
+            raw_entries.append(file_entry(self.staging / name))
         manifest = DumpManifest(
             schema_version=SCHEMA_VERSION,
             recipe=recipe,
@@ -70,17 +87,14 @@ def write_dump(
             checkpoint=checkpoint,
             environment=environment,
             determinism=determinism,
-            state_dict=file_entry(staging / "state_dict.safetensors"),
+            state_dict=self._state_dict,
             raw_inputs=raw_entries,
             inputs=inputs.entries,
             references=references.entries,
             modules=modules.entries if modules is not None else [],
         )
-        write_model(manifest, staging / "manifest.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        write_model(manifest, self.staging / "manifest.json")
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        self.staging.rename(self.out_dir)
         return manifest
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

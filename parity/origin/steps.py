@@ -54,42 +54,47 @@ def generate(request: GenerateRequest) -> GenerateResponse:
 def dump(request: DumpRequest) -> DumpResponse:
     from parity.origin import codepaths
     from parity.origin.capture import ModuleRecorder
-    from parity.origin.dump import file_entry, write_dump
+    from parity.origin.dump import DumpWriter, file_entry
     from parity.origin.images import raw_images
     from parity.runtime.setup import environment_record, set_determinism
+    from parity.runtime.tensorfile import spool_in
 
     recipe = request.recipe
     origin = origin_module(recipe)
     use_fixtures_dir(request.fixtures)
     determinism = set_determinism(request.device, request.threads)
-    progress("loading the original checkpoint with the original code")
-    model, state_dict = origin.load_original(recipe, request.checkpoint)
-    with tempfile.TemporaryDirectory(prefix=f"parity-step-{os.getpid()}-") as staging:
-        images, files = raw_images(recipe, Path(staging), request.fixtures)
-        progress("running the original forward with captures")
-        codepaths.clear()
-        recorder = ModuleRecorder(model) if request.all_modules else None
-        try:
-            inputs, refs = origin.run_captures(recipe, model, images, request.device)
-        finally:
-            if recorder is not None:
-                recorder.remove()
-        ckpt = file_entry(request.checkpoint)
-        progress("writing the dump")
-        write_dump(
-            request.out,
-            recipe=recipe,
-            producer="origin",
-            checkpoint=CheckpointRecord(source=request.checkpoint_source, sha256=ckpt.sha256, bytes=ckpt.bytes,
-                                        container=recipe.checkpoint.container, n_tensors=len(state_dict)),
-            environment=environment_record(request.device, origin.PACKAGES, origin.UPSTREAM, codepaths.recorded()),
-            determinism=determinism,
-            state_dict=state_dict,
-            inputs=inputs,
-            references=refs,
-            raw_files=files,
-            modules=recorder.log if recorder is not None else None,
-        )
+    with DumpWriter(request.out) as writer:
+        progress("loading the original checkpoint with the original code")
+        model, state_dict = origin.load_original(recipe, request.checkpoint)
+        n_tensors = len(state_dict)
+        progress("re-exporting the loaded state dict")
+        writer.write_state_dict(state_dict)
+        del state_dict
+        with tempfile.TemporaryDirectory(prefix=f"parity-step-{os.getpid()}-") as staging, spool_in(writer.staging):
+            images, files = raw_images(recipe, Path(staging), request.fixtures)
+            progress("running the original forward with captures")
+            codepaths.clear()
+            recorder = ModuleRecorder(model) if request.all_modules else None
+            try:
+                inputs, refs = origin.run_captures(recipe, model, images, request.device)
+            finally:
+                if recorder is not None:
+                    recorder.remove()
+            ckpt = file_entry(request.checkpoint)
+            progress("writing the dump")
+            writer.finish(
+                recipe=recipe,
+                producer="origin",
+                checkpoint=CheckpointRecord(source=request.checkpoint_source, sha256=ckpt.sha256, bytes=ckpt.bytes,
+                                            container=recipe.checkpoint.container, n_tensors=n_tensors),
+                environment=environment_record(request.device, origin.PACKAGES, origin.UPSTREAM,
+                                               codepaths.recorded()),
+                determinism=determinism,
+                inputs=inputs,
+                references=refs,
+                raw_files=files,
+                modules=recorder.log if recorder is not None else None,
+            )
     return DumpResponse(dump=request.out, references=len(refs.entries))
 
 
@@ -99,7 +104,8 @@ def import_fixture(request: ImportFixtureRequest) -> ImportFixtureResponse:
     from safetensors.torch import load_file
 
     from parity.origin.capture import CaptureLog
-    from parity.origin.dump import file_entry, write_dump
+    from parity.origin.dump import DumpWriter, file_entry
+    from parity.runtime.tensorfile import spool_in
 
     recipe = request.recipe
     fixture = request.fixture
@@ -126,24 +132,26 @@ def import_fixture(request: ImportFixtureRequest) -> ImportFixtureResponse:
 
     env = meta["environment"]
     known = {"python", "torch", "device", "platform"}
-    write_dump(
-        request.out,
-        recipe=recipe,
-        producer="fixture",
-        checkpoint=CheckpointRecord(source=f"fixture {fixture.name}/{checkpoint.name}", sha256=ckpt.sha256,
-                                    bytes=ckpt.bytes, container=recipe.checkpoint.container, n_tensors=len(state_dict)),
-        environment=EnvironmentRecord(
-            python=env.get("python", "?"), platform=env.get("platform", "?"), torch=env.get("torch"),
-            device=env.get("device", "cpu"), upstream=f"{meta['upstream']['repo']} @ {meta['upstream']['commit']}",
-            packages={k: str(v) for k, v in env.items() if k not in known},
-        ),
-        determinism=DeterminismRecord(deterministic_algorithms=True, num_threads=int(env.get("torch_num_threads", 1)),
-                                      tf32=False, dtype=str(env.get("dtype", "float32"))),
-        state_dict={k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()},
-        inputs=log_from("inputs.safetensors", meta["inputs"]),
-        references=log_from("reference.safetensors", meta["references"]),
-        raw_files={p.name: p for p in sorted(fixture.glob("image*.png"))},
-    )
+    with DumpWriter(request.out) as writer, spool_in(writer.staging):
+        writer.write_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()})
+        writer.finish(
+            recipe=recipe,
+            producer="fixture",
+            checkpoint=CheckpointRecord(source=f"fixture {fixture.name}/{checkpoint.name}", sha256=ckpt.sha256,
+                                        bytes=ckpt.bytes, container=recipe.checkpoint.container,
+                                        n_tensors=len(state_dict)),
+            environment=EnvironmentRecord(
+                python=env.get("python", "?"), platform=env.get("platform", "?"), torch=env.get("torch"),
+                device=env.get("device", "cpu"), upstream=f"{meta['upstream']['repo']} @ {meta['upstream']['commit']}",
+                packages={k: str(v) for k, v in env.items() if k not in known},
+            ),
+            determinism=DeterminismRecord(deterministic_algorithms=True,
+                                          num_threads=int(env.get("torch_num_threads", 1)), tf32=False,
+                                          dtype=str(env.get("dtype", "float32"))),
+            inputs=log_from("inputs.safetensors", meta["inputs"]),
+            references=log_from("reference.safetensors", meta["references"]),
+            raw_files={p.name: p for p in sorted(fixture.glob("image*.png"))},
+        )
     return ImportFixtureResponse(dump=request.out)
 
 

@@ -95,14 +95,16 @@ def heatmap(dump: Dump, captured: Captured, results: list[CaptureResult], cells:
     if not candidates:
         return None
     worst = max(candidates, key=lambda r: (r.verdict != "pass", r.atol_needed))
-    origin = to_numpy(dump.references[worst.name]).astype(np.float64)
-    diff = _abs_difference(origin, to_numpy(captured[worst.name][1]).astype(np.float64).reshape(origin.shape))
-    grid = diff.reshape(-1, diff.shape[-1]) if diff.ndim >= 2 else diff.reshape(1, -1)
-    rows = -(-grid.shape[0] // cells)
-    cols = -(-grid.shape[1] // cells)
-    padded = np.zeros((-(-grid.shape[0] // rows) * rows, -(-grid.shape[1] // cols) * cols))
-    padded[: grid.shape[0], : grid.shape[1]] = grid
-    blocks = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols).max(axis=(1, 3))
+    origin = to_numpy(dump.references[worst.name])
+    width = origin.shape[-1] if origin.ndim >= 2 else origin.size
+    grid_origin = origin.reshape(-1, width)
+    grid_port = to_numpy(captured[worst.name][1]).reshape(grid_origin.shape)
+    rows = -(-grid_origin.shape[0] // cells)
+    starts = np.arange(0, width, -(-width // cells))
+    # One band of grid rows at a time, so a full-size capture is never copied whole in float64.
+    blocks = np.array([np.maximum.reduceat(_abs_difference(grid_origin[r:r + rows].astype(np.float64),
+                                                           grid_port[r:r + rows].astype(np.float64)).max(axis=0),
+                                           starts) for r in range(0, grid_origin.shape[0], rows)])
     return Heatmap(capture=worst.name, shape=list(blocks.shape), source_shape=list(origin.shape),
                    values=[[float(v) if np.isfinite(v) else None for v in row] for row in blocks])
 

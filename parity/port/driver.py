@@ -32,6 +32,7 @@ from parity.port.model import build_converted_model, conversion_record, load_exi
 from parity.port.pairing import diff_modules
 from parity.runtime.protocol import progress
 from parity.runtime.setup import environment_record, set_determinism
+from parity.runtime.tensorfile import spool_in
 
 PORT_PACKAGES = ("transformers", "torch", "torchvision", "safetensors", "tokenizers", "huggingface_hub", "pillow")
 
@@ -62,6 +63,12 @@ def _mutation_result(family, recipe, state, processor, dump, judge, device, muta
 
 
 def run(request: PortRequest) -> PortResponse:
+    request.out.mkdir(parents=True, exist_ok=True)
+    with spool_in(request.out):
+        return _run(request)
+
+
+def _run(request: PortRequest) -> PortResponse:
     set_determinism(request.device, request.threads)
     dump = Dump(request.dump)
     if request.recipe is not None:
@@ -103,7 +110,6 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
                  origin_environment=dump.manifest.environment,
                  port_environment=environment_record(request.device, PORT_PACKAGES),
                  checkpoint_sha256=dump.manifest.checkpoint.sha256, registry_recipe_hash=request.registry_recipe_hash)
-    request.out.mkdir(parents=True, exist_ok=True)
     record = None
     try:
         if request.port is None:

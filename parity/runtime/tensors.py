@@ -14,10 +14,16 @@ DTYPE_NAMES = {
 """torch dtype -> safetensors dtype name."""
 
 
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """Hash of the raw bytes (any dtype, bf16 included): equal hashes mean bit-identical tensors."""
+def raw_bytes(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's raw little-endian bytes as a uint8 view (any dtype, bf16 included; copied only when the tensor is
+    not a contiguous CPU tensor)."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+    return flat.view(torch.uint8).numpy()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hash of the raw bytes: equal hashes mean bit-identical tensors."""
+    return hashlib.sha256(raw_bytes(tensor)).hexdigest()
 
 
 def first_tensor(output) -> torch.Tensor | None:

@@ -125,10 +125,12 @@ def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tens
 
 # ----------------------------------------------------------------------------------------------- the original model
 def clip_from_state(state: dict[str, torch.Tensor]) -> nn.Module:
-    """clip.model.build_model(state).float(): what clip.load(path, device='cpu', jit=False) returns for a state dict."""
+    """clip.model.build_model(state).float(): what clip.load(path, device='cpu', jit=False) returns for a state dict.
+    build_model deletes the archive scalars from the dict it is given and copies the tensors into the model, so it
+    gets its own dict, not copies of the tensors."""
     from clip.model import build_model
 
-    return build_model({k: v.clone() for k, v in state.items()}).float().eval()
+    return build_model(dict(state)).float().eval()
 
 
 def load_tower(recipe: Recipe, checkpoint: Path, tower_state: dict[str, torch.Tensor]) -> nn.Module:
@@ -174,7 +176,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     Combined: the same model, loaded strictly (the model.* aliases may be absent). CLIP-only recipes: the tower."""
     if recipe.original_config["decoder"] is None:
         model = load_tower(recipe, checkpoint, {})
-        return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+        return model, model.state_dict()
     state = read_tensors(checkpoint, "checkpoint")
     decoder, tower_state = split_layout(recipe, state, checkpoint)
     model = build_original(recipe, load_tower(recipe, checkpoint, tower_state))
@@ -184,7 +186,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     if missing or result.unexpected_keys:
         raise ParityError(f"checkpoint {checkpoint} does not fit CLIPDensePredT: missing keys {missing[:3]}, "
                           f"unexpected keys {result.unexpected_keys[:3]}")
-    return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return model, model.state_dict()
 
 
 def redraw_rule(site: Site) -> torch.Tensor:

@@ -220,7 +220,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
         problems.append(f"incorrect shapes {incompatible.incorrect_shapes[:3]}")
     if problems:
         raise ParityError(f"checkpoint {checkpoint} does not fit the original model: {'; '.join(problems)}")
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
     return model, state
 
 

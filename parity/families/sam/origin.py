@@ -1,8 +1,9 @@
 """SAM origin side: runs the ORIGINAL segment-anything code (PyPI segment-anything==1.0) in the `sam` environment.
 
 Builds the original Sam from the recipe's constructor arguments, loads checkpoints as build_sam does (strict), runs
-the original preprocessing (ResizeLongestSide + Sam.preprocess) on a raw image and records activations in execution
-order through forward hooks and wrappers on instance methods; upstream code is never modified.
+the original preprocessing (ResizeLongestSide + Sam.preprocess) on a raw image, encodes it once, prompts it through
+`Sam.forward` and `SamPredictor.predict_torch`, and records activations in execution order through forward hooks and
+wrappers on instance methods; upstream code is never modified.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     model = build_original(recipe.original_config)
     state_dict = load_state_dict_file(checkpoint)
     check_strict_load(model, state_dict, checkpoint)
-    return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return model, model.state_dict()
 
 
 class _Captured(Exception):
@@ -225,7 +226,14 @@ class _Recorder:
 def run_captures(
     recipe: Recipe, model: nn.Module, images: dict[str, np.ndarray], device: str
 ) -> tuple[CaptureLog, CaptureLog]:
-    """Sam.forward once per prompt case, exactly as a user of the original calls it, with captures on."""
+    """The image encoder once per image, prompts as the original's public API runs them, with captures on.
+
+    The first prompt case goes through `Sam.forward` (the end-to-end entry point: preprocessing, the image encoder, the
+    prompt encoder, the mask decoder, postprocess_masks); its image embedding then becomes the state
+    `SamPredictor.set_torch_image` would compute from the same image, and every further case goes through
+    `SamPredictor.predict_torch` on it, as a user of the original prompts one image repeatedly. Both paths call the
+    same modules in the same order, so every case's captures mean the same thing; the encoder never runs twice."""
+    from segment_anything import SamPredictor
     from segment_anything.utils.transforms import ResizeLongestSide
 
     sam = model.to(device)
@@ -238,12 +246,17 @@ def run_captures(
     inputs, refs = CaptureLog(), CaptureLog()
     inputs.add("image", image_tensor, meaning="ResizeLongestSide(img_size).apply_image(raw) as uint8 CHW")
     recorder = _Recorder(sam, refs)
+    embeddings: list[torch.Tensor] = []
 
     def capture_pixel_values(_module, args):
         if "pixel_values" not in inputs:
             inputs.add("pixel_values", args[0], meaning="Sam.preprocess(image) batched: normalised, zero-padded")
 
+    def keep_embedding(_module, _args, output):
+        embeddings.append(output)
+
     recorder.handles.append(sam.image_encoder.register_forward_pre_hook(capture_pixel_values))
+    recorder.handles.append(sam.image_encoder.register_forward_hook(keep_embedding))
     recorder.hook_output("image_encoder.patch_embed", per_case=False, layout="NHWC")
     for i in range(len(sam.image_encoder.blocks)):
         recorder.hook_output(f"image_encoder.blocks.{i}", per_case=False, layout="NHWC")
@@ -256,34 +269,58 @@ def run_captures(
     recorder.wrap_method("mask_decoder", "predict_masks", per_case=True, capture_name="mask_decoder.predict_masks")
     recorder.wrap_method("", "postprocess_masks", per_case=True, capture_name="postprocess_masks")
 
+    predictor = SamPredictor(sam)
     results: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for case_name, case in recipe.spec.prompts.items():
             recorder.prefix = f"{case_name}."
-            entry: dict[str, Any] = {"image": image_tensor, "original_size": original_size}
-            arrays = _prompt_arrays(case)
-            if "point_coords" in arrays:
-                coords = transform.apply_coords(arrays["point_coords"], original_size)
-                entry["point_coords"] = torch.as_tensor(coords, dtype=torch.float32, device=device)
-                entry["point_labels"] = torch.as_tensor(arrays["point_labels"], dtype=torch.int32, device=device)
-                inputs.add(f"{case_name}.point_coords", entry["point_coords"], meaning="apply_coords, model frame")
-                inputs.add(f"{case_name}.point_labels", entry["point_labels"].long())
-            if "boxes" in arrays:
-                boxes = transform.apply_boxes(arrays["boxes"], original_size)
-                entry["boxes"] = torch.as_tensor(boxes, dtype=torch.float32, device=device)
-                inputs.add(f"{case_name}.boxes", entry["boxes"], meaning="apply_boxes, model frame")
-            if case.mask_from is not None:
-                source = results[case.mask_from]
-                index = case.mask_index
-                if index is None:
-                    index = int(source["iou_predictions"][0].argmax())
-                entry["mask_inputs"] = source["low_res_logits"][:, index : index + 1].clone()
-                inputs.add(f"{case_name}.mask_inputs", entry["mask_inputs"], meaning=f"{case.mask_from} mask {index}")
-            output = sam([entry], multimask_output=True)[0]
+            prompts = _case_prompts(case_name, case, transform, original_size, results, inputs, device)
+            if not predictor.is_image_set:
+                output = sam([{"image": image_tensor, "original_size": original_size, **prompts}],
+                             multimask_output=True)[0]
+                (embedding,) = embeddings
+                # What set_torch_image(image[None], original_size) leaves behind, without encoding the image again.
+                predictor.original_size, predictor.input_size = original_size, tuple(image_tensor.shape[-2:])
+                predictor.features, predictor.is_image_set = embedding, True
+                source = "Sam.forward"
+            else:
+                _masks, iou, low_res = predictor.predict_torch(
+                    prompts.get("point_coords"), prompts.get("point_labels"), prompts.get("boxes"),
+                    prompts.get("mask_inputs"), multimask_output=True, return_logits=True)
+                output = {"low_res_logits": low_res, "iou_predictions": iou}
+                source = "SamPredictor.predict_torch"
             results[case_name] = output
-            refs.add(f"{case_name}.return.low_res_logits", output["low_res_logits"], module="Sam.forward low_res_logits")
-            refs.add(f"{case_name}.return.iou_predictions", output["iou_predictions"], module="Sam.forward iou_predictions")
+            refs.add(f"{case_name}.return.low_res_logits", output["low_res_logits"], module=f"{source} low_res_logits")
+            refs.add(f"{case_name}.return.iou_predictions", output["iou_predictions"],
+                     module=f"{source} iou_predictions")
     finally:
         for handle in recorder.handles:
             handle.remove()
+    if len(embeddings) > 1:
+        raise ParityError(f"the image encoder ran {len(embeddings)} times for one image")
     return inputs, refs
+
+
+def _case_prompts(case_name: str, case: PromptCase, transform, original_size, results: dict, inputs: CaptureLog,
+                  device: str) -> dict[str, torch.Tensor]:
+    """One case's prompts in the model frame (ResizeLongestSide, as SamPredictor.predict does), recorded as inputs."""
+    prompts: dict[str, torch.Tensor] = {}
+    arrays = _prompt_arrays(case)
+    if "point_coords" in arrays:
+        coords = transform.apply_coords(arrays["point_coords"], original_size)
+        prompts["point_coords"] = torch.as_tensor(coords, dtype=torch.float32, device=device)
+        prompts["point_labels"] = torch.as_tensor(arrays["point_labels"], dtype=torch.int32, device=device)
+        inputs.add(f"{case_name}.point_coords", prompts["point_coords"], meaning="apply_coords, model frame")
+        inputs.add(f"{case_name}.point_labels", prompts["point_labels"].long())
+    if "boxes" in arrays:
+        boxes = transform.apply_boxes(arrays["boxes"], original_size)
+        prompts["boxes"] = torch.as_tensor(boxes, dtype=torch.float32, device=device)
+        inputs.add(f"{case_name}.boxes", prompts["boxes"], meaning="apply_boxes, model frame")
+    if case.mask_from is not None:
+        source = results[case.mask_from]
+        index = case.mask_index
+        if index is None:
+            index = int(source["iou_predictions"][0].argmax())
+        prompts["mask_inputs"] = source["low_res_logits"][:, index : index + 1].clone()
+        inputs.add(f"{case_name}.mask_inputs", prompts["mask_inputs"], meaning=f"{case.mask_from} mask {index}")
+    return prompts

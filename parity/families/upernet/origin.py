@@ -255,7 +255,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
         else:
             model.dataset_meta = {"classes": meta["CLASSES"], "palette": meta.get("PALETTE")}
     model.eval()
-    return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return model, model.state_dict()
 
 
 def fixture_state_dict(recipe: Recipe, checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -431,7 +431,7 @@ def _auxiliary(model, refs: CaptureLog, add, device: str) -> None:
         return
     if isinstance(model.auxiliary_head, nn.ModuleList):
         raise ParityError("several auxiliary heads: transformers' UperNet has one")
-    feats = [refs.tensors[f"backbone.norm{i}"].to(device) for i in model.backbone.out_indices]
+    feats = [refs.read(f"backbone.norm{i}").to(device) for i in model.backbone.out_indices]
     handles = []
     for path in ("auxiliary_head.convs", "auxiliary_head.conv_seg"):
         def hook(_module, _args, output, path=path):

@@ -53,7 +53,7 @@ def target_encoder_state(container: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What load_state_dict(strict=False) into VisionTransformer(fc=None) keeps: everything but the fc.* head."""
-    return {k: v.detach().clone().contiguous() for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
 
 
 def check_encoder_keys(recipe: Recipe, state: dict[str, torch.Tensor], checkpoint: Path) -> None:
@@ -162,7 +162,7 @@ def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str
     if result.missing_keys or unexpected:
         raise ParityError(f"checkpoint {checkpoint} does not fit the original model: missing keys "
                           f"{result.missing_keys[:3]}, unexpected keys {unexpected[:3]}")
-    return model, {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    return model, model.state_dict()
 
 
 # ----------------------------------------------------------------------------------------------- preprocessing
