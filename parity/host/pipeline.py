@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,7 +52,10 @@ def staged(target: Path):
     that folder alone (never the checkpoint cache or the dump cache that holds it); the caller renames the result
     into place. Removed afterwards, whatever happened."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # named like every other staging file (`.NAME.PID.tmp`), so a killed run's folder is swept at the next start
+    folder = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o755)
     try:
         yield folder
     finally:
