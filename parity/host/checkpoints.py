@@ -16,7 +16,6 @@ from parity.contracts.paths import fixtures_dir
 from parity.contracts.recipe import Recipe
 from parity.host.envs import cache_dir
 
-
 GENERATED_SUFFIX = {"detectron2-pkl": ".pkl"}
 """File name suffix of a generated checkpoint, by the recipe's container format, where the original loader picks its
 reader by suffix (detectron2's checkpointer reads its pickle format only from `.pkl` names); `.pth` otherwise."""

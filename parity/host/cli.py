@@ -119,6 +119,7 @@ Sha256Option = Annotated[Optional[str], typer.Option("--sha256", help="Expected 
 TransformersOption = Annotated[Optional[str], typer.Option(
     "--transformers", help="Run the port side with this transformers release (its own environment: "
                            "images/transformers pins with transformers replaced; default: the pinned release).")]
+CheckpointOption = Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")]
 RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", help="A recipe file (JSON or YAML) instead of a "
                                                                       "registry id.")]
 SelectorArgument = Annotated[Optional[str], typer.Argument(help="Variant id, or a prefix selecting several.")]
@@ -258,7 +259,7 @@ def convert(
     recipe_file: RecipeOption = None,
     backend: BackendOption = None,
     out: OutOption = Path("out"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")] = None,
+    checkpoint: CheckpointOption = None,
     sha256: Sha256Option = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
@@ -365,7 +366,7 @@ def dump(
     recipe_file: RecipeOption = None,
     backend: BackendOption = None,
     out: OutOption = Path("out"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Original checkpoint file.")] = None,
+    checkpoint: CheckpointOption = None,
     sha256: Sha256Option = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path

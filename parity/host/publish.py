@@ -10,7 +10,6 @@ token comes from its usual places (HF_TOKEN, the token file of `hf auth login`);
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from pydantic import Field
 from parity import __version__
 from parity.contracts.base import Sha256, Strict
 from parity.contracts.errors import ParityError
+from parity.contracts.hashing import sha256_file
 from parity.contracts.io import load_model, write_model
 from parity.contracts.manifests import DumpManifest, EnvironmentRecord
 from parity.contracts.report import CaptureResult, ParityReport, Verdict
@@ -75,14 +75,6 @@ class PublishPlan(Strict):
 
 def publish_dir(out: Path) -> Path:
     return out / PUBLISH
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -148,7 +140,7 @@ def stage(out: Path, repo_id: str, *, allow_fail: bool = False, private: bool = 
         files = sorted(p for p in repo.rglob("*") if p.is_file())
         operations = [PlannedFile(path_in_repo=p.relative_to(repo).as_posix(),
                                   local_path=final.resolve() / "repo" / p.relative_to(repo), bytes=p.stat().st_size,
-                                  sha256=_sha256(p)) for p in files]
+                                  sha256=sha256_file(p)) for p in files]
         worst = max((c.max_abs or 0.0 for c in report.captures), default=0.0)
         plan = PublishPlan(
             repo_id=repo_id, private=private, revision=revision, create_pr=create_pr, recipe_id=report.recipe_id,
