@@ -153,10 +153,11 @@ def test_origin_is_docker_only_with_a_one_line_error(tmp_path):
 
 def test_origin_helpers_without_the_upstream_packages(tmp_path):
     """Everything in origin.py that needs neither clip nor clipseg: preprocessing reproduces the fixtures' pixel values
-    bit for bit, the expected key sets match the fixture files, the tower location honours PARITY_CLIP_CHECKPOINT and a
-    fixture tower resolves in the step's fixtures folder."""
+    bit for bit, the expected key sets match the fixture files, OpenAI's archive is the step's `clip-vit-b16` asset
+    (an error naming it when the step carries none) and a fixture tower resolves in the step's fixtures folder."""
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"archive")
     out = in_env("fixtures", f"""
-import os, numpy as np, torch
+import numpy as np, torch
 from pathlib import Path
 from PIL import Image
 from safetensors.torch import load_file
@@ -174,8 +175,13 @@ print(set(dec) == origin.decoder_keys(recipe.original_config['decoder']),
       set(tower) - set(origin.ARCHIVE_SCALARS) == origin.tower_keys(recipe.original_config['clip']),
       len(origin.decoder_keys(FIXTURE_RECIPES['clipseg-tiny-rd16'].original_config['decoder'])))
 real = PUBLISHED[0]
-print(origin.tower_file(real))
-os.environ['PARITY_CLIP_CHECKPOINT'] = {str(tmp_path / 'ViT-B-16.pt')!r}
+from parity.contracts.errors import ParityError
+from parity.origin.assets import use_assets
+try:
+    origin.tower_file(real)
+except ParityError as exc:
+    print(exc)
+use_assets({{'clip-vit-b16': Path({str(tmp_path / 'ViT-B-16.pt')!r})}})
 print(origin.tower_file(real))
 from parity.contracts.paths import use_fixtures_dir
 use_fixtures_dir(Path({str(tmp_path)!r}))
@@ -183,6 +189,6 @@ print(origin.tower_file(recipe))
 """).splitlines()
     assert out[:2] == ["True", "True"]
     assert out[2] == "True True 36"
-    assert out[3] == "/opt/clip/ViT-B-16.pt"
+    assert out[3].startswith("the step carries no asset 'clip-vit-b16'") and "--asset clip-vit-b16=PATH" in out[3]
     assert out[4] == str(tmp_path / "ViT-B-16.pt")
     assert out[5] == str(tmp_path / "clipseg-tiny-clip-vit-b16" / "clip_vit_b16_tiny.pt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from parity.contracts.base import Strict
+from parity.contracts.sources import AssetSource
 
 
 class DatasetClass(Strict):
@@ -37,4 +38,8 @@ class FamilySpec(Strict):
 
     def local_files(self) -> list[str]:
         """Absolute paths of files on this machine the origin reads besides the checkpoint (e.g. a CLIP tower)."""
+        return []
+
+    def assets(self) -> list[AssetSource]:
+        """Files the original code would download at run time, resolved by the host (parity.contracts.sources)."""
         return []

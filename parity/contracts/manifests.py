@@ -49,6 +49,8 @@ class CheckpointRecord(Strict):
     """Container format, as in the recipe."""
     n_tensors: int
     """Tensors in the original state dict after the original loader ran."""
+    assets: dict[str, FileEntry] = Field(default_factory=dict)
+    """Files the original code read besides the checkpoint (e.g. `clip-vit-b16`), by asset name."""
 
 
 class UpstreamRepository(Strict):

@@ -36,6 +36,8 @@ class CheckpointSource(Strict):
     your own file (kind=file: given at run time with --checkpoint; `filename` is an optional default path)."""
     url: str | None = None
     """Download location of a published checkpoint (kind=url)."""
+    mirrors: list[str] = Field(default_factory=list)
+    """Further download locations with the same file, tried in order after `url` (kind=url, needs sha256)."""
     sha256: Sha256 | None = None
     """Expected sha256 of the checkpoint file; required unless trust is trust-on-first-use."""
     trust: Literal["pinned", "trust-on-first-use"] = "pinned"
@@ -56,6 +58,8 @@ class CheckpointSource(Strict):
                 raise ValueError("kind=url needs url")
             if self.trust == "pinned" and not self.sha256:
                 raise ValueError("a pinned url checkpoint needs sha256 (or trust='trust-on-first-use')")
+        if self.mirrors and not (self.kind == "url" and self.sha256):
+            raise ValueError("mirrors need kind=url and a sha256 (a mirror is trusted only for a pinned file)")
         if self.kind == "generate" and self.generate is None:
             raise ValueError("kind=generate needs generate: {seed}")
         if self.kind == "fixture" and not (self.fixture and self.filename):

@@ -85,12 +85,22 @@ class DumpRequest(StepRequest):
     """Also record the first output of every module (modules.safetensors)."""
     fixtures: Path | None = None
     """Golden fixtures folder, when the recipe reads raw images from one."""
+    assets: dict[str, Path] = Field(default_factory=dict)
+    """Files the original code would download, resolved and hash-checked by the host: one per name in
+    `recipe.spec.assets()` (parity.contracts.sources)."""
+
+    @model_validator(mode="after")
+    def _assets_match_recipe(self) -> DumpRequest:
+        wanted = {source.name for source in self.recipe.spec.assets()}
+        if set(self.assets) != wanted:
+            raise ValueError(f"assets {sorted(self.assets)} do not match the recipe's {sorted(wanted)}")
+        return self
 
     def side(self):
         return "origin"
 
     def reads(self):
-        extra = [Path(f) for f in self.recipe.spec.local_files()]
+        extra = [Path(f) for f in self.recipe.spec.local_files()] + list(self.assets.values())
         return [self.checkpoint] + ([self.fixtures] if self.fixtures else []) + extra
 
     def writes(self):

@@ -14,6 +14,7 @@ from parity.contracts.errors import ParityError
 from parity.contracts.hashing import sha256_file
 from parity.contracts.paths import fixtures_dir
 from parity.contracts.recipe import Recipe
+from parity.contracts.sources import AssetSource
 from parity.host.envs import cache_dir
 
 GENERATED_SUFFIX = {"detectron2-pkl": ".pkl"}
@@ -89,18 +90,91 @@ def _download(recipe: Recipe) -> Path:
     if path.is_file():
         verify(path, expected, "cached checkpoint")
         return path
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with urllib.request.urlopen(source.url, timeout=60) as response, open(partial, "wb") as fh:
-            shutil.copyfileobj(response, fh, length=1 << 22)
-    except (urllib.error.URLError, OSError) as exc:
-        partial.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", exc)
-        raise ParityError(f"cannot download {recipe.id} checkpoint from {source.url} ({reason}); "
-                          "pass --checkpoint PATH") from None
-    actual = verify(partial, expected, "downloaded checkpoint")
-    partial.replace(path)
+    urls = [source.url, *source.mirrors]
+    actual = _fetch(urls, path, expected, "downloaded checkpoint")
+    if actual is None:
+        raise ParityError(f"cannot download {recipe.id} checkpoint ({_tried(urls)}); pass --checkpoint PATH")
     if source.trust == "trust-on-first-use" and not record.is_file():
         record.write_text(json.dumps({"sha256": actual, "url": source.url}))
     return path
+
+
+_failures: dict[str, str] = {}
+"""Why each URL last failed (for the one-line error)."""
+
+
+def _tried(urls: list[str]) -> str:
+    return "tried " + "; ".join(f"{url}: {_failures.get(url, 'not tried')}" for url in urls)
+
+
+def _fetch(urls: list[str], path: Path, expected: str | None, what: str) -> str | None:
+    """Download the first URL that answers into PATH (via a .partial file), check the hash, return it; None when no
+    URL gave a file. A file with the wrong hash is an error at once (the pin is wrong or the mirror is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as fh:
+                shutil.copyfileobj(response, fh, length=1 << 22)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            partial.unlink(missing_ok=True)
+            _failures[url] = str(getattr(exc, "reason", exc))
+            continue
+        try:
+            actual = verify(partial, expected, f"{what} (from {url})")
+        except ParityError:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(path)
+        return actual
+    return None
+
+
+def asset_path(source: AssetSource) -> Path:
+    """Where a resolved asset is cached (by its pinned hash, so a changed pin never reuses an old file)."""
+    return cache_dir() / "assets" / source.sha256[:16] / source.filename
+
+
+def parse_assets(values: list[str], recipes: list[Recipe]) -> dict[str, Path]:
+    """`--asset NAME=PATH` options as a mapping (paths made absolute; existence is checked when resolved); every
+    name must be a file one of the chosen recipes needs."""
+    given: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ParityError(f"--asset {value!r}: expected NAME=PATH, e.g. --asset clip-vit-b16=/data/ViT-B-16.pt")
+        if name in given:
+            raise ParityError(f"--asset {name} is given twice")
+        given[name] = Path(path).expanduser().resolve()
+    needed = {source.name for recipe in recipes for source in recipe.spec.assets()}
+    unknown = sorted(set(given) - needed)
+    if unknown:
+        raise ParityError(f"--asset {unknown[0]}: no chosen variant needs such a file (they need: "
+                          f"{', '.join(sorted(needed)) or 'none'})")
+    return given
+
+
+def resolve_assets(recipe: Recipe, given: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Every file the recipe's original code would download (Recipe.spec.assets()), as a hash-checked local path: the
+    user's file (--asset NAME=PATH), else the cache, else the first of the source's URLs that answers. None works: a
+    one-line error naming the file, its sha256, the URLs tried, and where to put it."""
+    given = given or {}
+    sources = recipe.spec.assets()
+    resolved: dict[str, Path] = {}
+    for source in sources:
+        if source.name in given:
+            path = given[source.name]
+            if not path.is_file():
+                raise ParityError(f"--asset {source.name}: file not found: {path}")
+            verify(path, source.sha256, f"--asset {source.name}")
+            resolved[source.name] = path
+            continue
+        path = asset_path(source)
+        if path.is_file():
+            verify(path, source.sha256, f"cached {source.name}")
+        elif _fetch(source.urls, path, source.sha256, f"downloaded {source.name}") is None:
+            raise ParityError(f"{recipe.id} needs {source.description}: download {source.filename} (sha256 "
+                              f"{source.sha256}) and pass --asset {source.name}=PATH, or put it at {path} "
+                              f"({_tried(source.urls)})")
+        resolved[source.name] = path
+    return resolved

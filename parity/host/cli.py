@@ -120,6 +120,9 @@ TransformersOption = Annotated[Optional[str], typer.Option(
     "--transformers", help="Run the port side with this transformers release (its own environment: "
                            "images/transformers pins with transformers replaced; default: the pinned release).")]
 CheckpointOption = Annotated[Optional[Path], typer.Option(help="Original checkpoint file instead of the recipe's.")]
+AssetOption = Annotated[Optional[list[str]], typer.Option(
+    "--asset", metavar="NAME=PATH", help="A file the original code would download, given instead (hash-checked), e.g. "
+                                         "clip-vit-b16=ViT-B-16.pt for CLIPSeg's CLIP archive; repeatable.")]
 RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", help="A recipe file (JSON or YAML) instead of a "
                                                                       "registry id.")]
 SelectorArgument = Annotated[Optional[str], typer.Argument(help="Variant id, or a prefix selecting several.")]
@@ -261,6 +264,7 @@ def convert(
     out: OutOption = Path("out"),
     checkpoint: CheckpointOption = None,
     sha256: Sha256Option = None,
+    asset: AssetOption = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
@@ -268,17 +272,19 @@ def convert(
                                                        "into OUT/<id>/<origin>/, plus origin-vs-origin).")] = None,
 ) -> None:
     """Dump the original, convert to transformers, diff every capture, save the port and the reports."""
+    from parity.host.checkpoints import parse_assets
     from parity.host.pipeline import convert as run_convert
 
     recipes = _chosen(selector, recipe_file)
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     sha256 = _sha256(sha256)
+    assets = parse_assets(asset or [], recipes)
     out = _out_root(out)
     chosen = _backend(backend, device)
     if origin:
         _convert_origins(recipes, origin, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
-                         threads=threads, all_modules=all_modules)
+                         threads=threads, all_modules=all_modules, assets=assets)
         return
     rows, reports = [], []
     for recipe in recipes:
@@ -287,7 +293,7 @@ def convert(
             try:
                 report = run_convert(recipe, chosen, out, checkpoint=checkpoint, sha256=sha256, device=device.value,
                                      threads=_threads(recipe, threads), all_modules=all_modules,
-                                     on_progress=status.update)
+                                     on_progress=status.update, assets=assets)
             except ParityError as exc:
                 if len(recipes) == 1:
                     raise
@@ -368,24 +374,27 @@ def dump(
     out: OutOption = Path("out"),
     checkpoint: CheckpointOption = None,
     sha256: Sha256Option = None,
+    asset: AssetOption = None,
     device: DeviceOption = Device.cpu,
     threads: ThreadsOption = None,
     all_modules: AllModulesOption = False,
 ) -> None:
     """Run only the origin side: write OUT/<id>/dump (safetensors + manifest.json)."""
+    from parity.host.checkpoints import parse_assets
     from parity.host.pipeline import make_dump
 
     recipes = _chosen(selector, recipe_file)
     if checkpoint is not None and len(recipes) > 1:
         raise ParityError(f"--checkpoint names one file but {selector!r} selects {len(recipes)} variants")
     sha256 = _sha256(sha256)
+    assets = parse_assets(asset or [], recipes)
     out = _out_root(out)
     chosen = _backend(backend, device)
     for recipe in recipes:
         with StepProgress(console, recipe.id) as status:
             folder = make_dump(recipe, chosen, out / recipe.id, checkpoint=checkpoint, sha256=sha256,
                                device=device.value, threads=_threads(recipe, threads),
-                               on_progress=status.update, all_modules=all_modules)
+                               on_progress=status.update, all_modules=all_modules, assets=assets)
         stdout.print(str(folder))
 
 

@@ -26,6 +26,7 @@ from parity.contracts.steps import (
     RecipeRequest,
     RecipeResponse,
 )
+from parity.origin.assets import use_assets
 from parity.runtime.protocol import progress
 
 
@@ -62,6 +63,7 @@ def dump(request: DumpRequest) -> DumpResponse:
     recipe = request.recipe
     origin = origin_module(recipe)
     use_fixtures_dir(request.fixtures)
+    use_assets(request.assets)
     determinism = set_determinism(request.device, request.threads)
     with DumpWriter(request.out) as writer:
         progress("loading the original checkpoint with the original code")
@@ -86,7 +88,8 @@ def dump(request: DumpRequest) -> DumpResponse:
                 recipe=recipe,
                 producer="origin",
                 checkpoint=CheckpointRecord(source=request.checkpoint_source, sha256=ckpt.sha256, bytes=ckpt.bytes,
-                                            container=recipe.checkpoint.container, n_tensors=n_tensors),
+                                            container=recipe.checkpoint.container, n_tensors=n_tensors,
+                                            assets={name: file_entry(path) for name, path in request.assets.items()}),
                 environment=environment_record(request.device, origin.PACKAGES, origin.UPSTREAM,
                                                codepaths.recorded()),
                 determinism=determinism,

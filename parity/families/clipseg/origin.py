@@ -2,7 +2,8 @@
 images/clipseg).
 
 CLIPDenseBase.__init__ calls clip.load('ViT-B/16'), which downloads. Here the tower always comes from a local file:
-OpenAI's ViT-B-16.pt baked into the image (read by the unmodified clip.load(path)), the clip_model.* part of a combined
+OpenAI's ViT-B-16.pt, resolved and hash-checked by the host like a checkpoint and handed to the step as the asset
+`clip-vit-b16` (read by the unmodified clip.load(path)), the clip_model.* part of a combined
 checkpoint, or a golden fixture's tower (clip.model.build_model on the plain torch.save dict, which is what clip.load
 does after its TorchScript attempt). During construction `clip.load` is redirected to that tower; nothing upstream is
 edited. The decoder file is then loaded the way the README does it: load_state_dict(torch.load(decoder), strict=False).
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from torch import nn
 from parity.contracts.errors import ParityError
 from parity.contracts.paths import fixtures_dir
 from parity.contracts.recipe import Recipe
-from parity.families.clipseg.spec import returned_activation_layers
+from parity.families.clipseg.spec import OPENAI_TOWER_ASSET, returned_activation_layers
+from parity.origin.assets import asset
 from parity.origin.capture import CaptureLog
 from parity.origin.checkpoint import load_state_dict_file
 from parity.origin.redraw import Site, redraw
@@ -83,7 +84,7 @@ def tower_file(recipe: Recipe) -> Path:
     if tower.kind == "fixture":
         return fixtures_dir() / tower.fixture / tower.filename
     if tower.kind == "openai":
-        return Path(os.environ.get("PARITY_CLIP_CHECKPOINT", tower.path))
+        return asset(OPENAI_TOWER_ASSET)
     if tower.kind == "file":
         return Path(tower.path)
     raise ParityError(f"{recipe.id}: a decoder-only checkpoint needs a CLIP tower, and spec.tower says it is inside "
@@ -138,8 +139,7 @@ def load_tower(recipe: Recipe, checkpoint: Path, tower_state: dict[str, torch.Te
         return clip_from_state(tower_state)
     path = tower_file(recipe)
     if not path.is_file():
-        raise ParityError(f"CLIP tower not found at {path}: the clipseg image does not carry OpenAI's ViT-B-16.pt; "
-                          "mount it there read-only, or set PARITY_CLIP_CHECKPOINT to it")
+        raise ParityError(f"CLIP tower not found at {path}")
     if recipe.spec.tower.kind == "openai":
         import clip
 

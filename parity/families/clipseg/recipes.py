@@ -75,5 +75,5 @@ def _tower(where: str, sha256: str | None) -> ClipTower:
         return ClipTower(kind="combined")
     if where.startswith("/"):
         return ClipTower(kind="file", path=where, sha256=sha256)
-    raise ParityError(f"clipseg --arg tower={where!r}: openai (the archive in the clipseg image), combined (inside "
+    raise ParityError(f"clipseg --arg tower={where!r}: openai (OpenAI's ViT-B-16.pt, resolved like a checkpoint), combined (inside "
                       "the checkpoint) or an absolute path to a CLIP state dict")

@@ -10,9 +10,10 @@ from pydantic import Field, model_validator
 
 from parity.contracts.base import Sha256, Strict
 from parity.contracts.familyspec import FamilySpec
+from parity.contracts.sources import AssetSource
 
-OPENAI_TOWER_IN_IMAGE = "/opt/clip/ViT-B-16.pt"
-"""Where the clipseg image bakes OpenAI's ViT-B-16.pt (clip.load would otherwise download it)."""
+OPENAI_TOWER_ASSET = "clip-vit-b16"
+"""Asset name of OpenAI's ViT-B-16.pt (`--asset clip-vit-b16=PATH`)."""
 
 
 class ClipTower(Strict):
@@ -20,12 +21,15 @@ class ClipTower(Strict):
 
     kind: Literal["combined", "openai", "fixture", "file"]
     """combined: inside the checkpoint (clip_model.*); openai: OpenAI's ViT-B-16.pt, a TorchScript archive read by the
-    unmodified clip.load; fixture: a tower file in a golden fixture folder (resolved in the fixtures folder the step
-    names); file: a CLIP state dict file on this machine."""
+    unmodified clip.load, resolved by the host like a checkpoint (the asset `clip-vit-b16`); fixture: a tower file in a
+    golden fixture folder (resolved in the fixtures folder the step names); file: a CLIP state dict file on this
+    machine."""
     path: str | None = None
-    """openai: the archive's path inside the origin (PARITY_CLIP_CHECKPOINT overrides it); file: an absolute path."""
+    """file: the tower file's absolute path."""
     url: str | None = None
-    """openai: where OpenAI publishes the archive."""
+    """openai: where OpenAI publishes the archive (the URL in clip.py)."""
+    mirrors: list[str] = Field(default_factory=list)
+    """openai: further locations of the same file (same sha256), tried in order after `url`."""
     fixture: str | None = None
     """fixture: the fixture folder's name."""
     filename: str | None = None
@@ -37,11 +41,20 @@ class ClipTower(Strict):
     def _consistent(self) -> ClipTower:
         if self.kind == "fixture" and not (self.fixture and self.filename):
             raise ValueError("a fixture tower needs fixture and filename")
-        if self.kind in ("openai", "file") and not self.path:
-            raise ValueError(f"a {self.kind} tower needs path")
+        if self.kind == "openai" and not (self.url and self.sha256):
+            raise ValueError("an openai tower needs url and sha256 (the host downloads and checks it)")
+        if self.kind != "openai" and self.mirrors:
+            raise ValueError("mirrors are download locations of an openai tower")
+        if self.kind == "file" and not self.path:
+            raise ValueError("a file tower needs path")
         if self.kind == "file" and not self.path.startswith("/"):
             raise ValueError("a file tower's path must be absolute (the origin may run in a container)")
         return self
+
+    def source(self) -> AssetSource:
+        """The openai archive as a checkpoint-like source: pinned, URLs in order, or the user's file."""
+        return AssetSource(name=OPENAI_TOWER_ASSET, description="OpenAI's CLIP ViT-B/16 archive (clip.load's ViT-B-16.pt)",
+                           filename="ViT-B-16.pt", sha256=self.sha256, urls=[self.url, *self.mirrors])
 
 
 class ClipSegSpec(FamilySpec):
@@ -65,6 +78,9 @@ class ClipSegSpec(FamilySpec):
 
     def local_files(self) -> list[str]:
         return [self.tower.path] if self.tower.kind == "file" else []
+
+    def assets(self) -> list[AssetSource]:
+        return [self.tower.source()] if self.tower.kind == "openai" else []
 
 
 def check_extract_layers(extract_layers: Sequence[int], vision_layers: int) -> None:

@@ -2,8 +2,9 @@
 
 The real release is two artifacts: OpenAI's CLIP ViT-B/16 (a TorchScript archive that clip.load reads; fp16 weights)
 and a decoder file holding only the trained parameters (TrainingLogger.save_weights(only_trainable=True)), loaded
-with strict=False on top of CLIP. The recipe's checkpoint is the decoder file; the CLIP file is baked into the origin
-image at CLIP_IN_IMAGE (clip.load would otherwise download it). A single "combined" file (clip_model.* + decoder keys,
+with strict=False on top of CLIP. The recipe's checkpoint is the decoder file; the CLIP file is an asset (the recipe's
+spec.tower.source(): sha256-pinned, URLs in order, or `--asset clip-vit-b16=PATH`) that the host resolves and hands
+to the origin (clip.load would otherwise download it, from a URL that has returned 404 since late 2025). A single "combined" file (clip_model.* + decoder keys,
 optionally with the model.* aliases, the layout HF's convert_clipseg script reads) is accepted as well.
 """
 
@@ -20,7 +21,7 @@ from parity.contracts.recipe import (
     Recipe,
     TolerancePolicy,
 )
-from parity.families.clipseg.spec import OPENAI_TOWER_IN_IMAGE, ClipSegSpec, ClipTower
+from parity.families.clipseg.spec import ClipSegSpec, ClipTower
 
 LICENSE = None
 """timojl/clipseg's MIT license states that it does not apply to the model weights."""
@@ -30,7 +31,10 @@ PIPELINE_TAG = "image-segmentation"
 DECODERS = "https://owncloud.gwdg.de/index.php/s/ioHbRzFx6th32hn/download?path=%2F&files="
 CLIP_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 CLIP_B16_URL = f"https://openaipublic.azureedge.net/clip/models/{CLIP_B16_SHA256}/ViT-B-16.pt"
-OPENAI_TOWER = ClipTower(kind="openai", path=OPENAI_TOWER_IN_IMAGE, url=CLIP_B16_URL, sha256=CLIP_B16_SHA256)
+"""The URL in clip.py (openai/CLIP#516: 404 since late 2025)."""
+CLIP_B16_BLOB = f"https://openaipublic.blob.core.windows.net/clip/models/{CLIP_B16_SHA256}/ViT-B-16.pt"
+"""The Azure storage account behind that CDN name (unverified from here; the sha256 decides)."""
+OPENAI_TOWER = ClipTower(kind="openai", url=CLIP_B16_URL, mirrors=[CLIP_B16_BLOB], sha256=CLIP_B16_SHA256)
 TOWER_FIXTURE = "clipseg-tiny-clip-vit-b16"
 CONTAINER = "clipseg-decoder-or-combined"
 
