@@ -356,6 +356,23 @@ def test_a_hung_step_is_killed_at_its_deadline_and_removed(engine, ci_images, tm
     assert not (tmp_path / "out" / "dump").exists()
 
 
+def test_a_root_host_with_its_cache_under_root_runs_steps_as_another_user(ci_images):
+    """A root host side keeps its cache in /root/.cache/parity by default, and runs steps as PARITY_CONTAINER_USER
+    (1000:1000), which must reach files mounted under /root inside the container (the images' /root is traversable):
+    `parity convert sam-tiny-random --backend docker` generates, dumps and diffs to PASS with cache and output there."""
+    if os.getuid() != 0:
+        pytest.skip("the root-host case needs the host side to run as root")
+    base = Path(tempfile.mkdtemp(prefix=".parity-root-host-", dir=Path.home()))
+    try:
+        env = {"PARITY_OS_IMAGE": ci_images.get("PARITY_OS_IMAGE", ""), "PARITY_CACHE_DIR": str(base / "cache")}
+        parity("convert", "sam-tiny-random", "--backend", "docker", "--out", str(base / "out"), env=env, check=0)
+        report = json.loads((base / "out" / "sam-tiny-random" / "report.json").read_text())
+        assert report["verdict"] == "pass"
+        assert (base / "out" / "sam-tiny-random" / "dump" / "manifest.json").stat().st_uid == 1000
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- compose, as a non-root user --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
