@@ -37,6 +37,10 @@ def test_json_carries_what_the_compact_view_leaves_out():
     base = next(e for e in entries if e["id"] == "sam-vit-base")
     assert base["checkpoint"]["url"] == all_recipes()["sam-vit-base"].checkpoint.url
     assert base["description"] and base["family"] == "sam" and base["hub_id"] == "facebook/sam-vit-base"
+    assert base["assets"] == []
+    clipseg = next(e for e in entries if e["id"] == "clipseg-rd64-refined")
+    assert [(a["name"], a["filename"]) for a in clipseg["assets"]] == [("clip-vit-b16", "ViT-B-16.pt")]
+    assert clipseg["assets"][0]["sha256"] == all_recipes()["clipseg-rd64-refined"].spec.tower.sha256
 
 
 def test_ids_and_json_together_is_a_one_line_error():

@@ -195,7 +195,8 @@ def list_variants(
     selector: Annotated[Optional[str], typer.Argument(help="Id or prefix.")] = None,
     ids: Annotated[bool, typer.Option("--ids", help="Only the ids, one per line (for scripts).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Every variant as JSON: id, family, origin, checkpoint "
-                                                         "source, description, hub id.")] = False,
+                                                         "source, assets (files the original downloads), "
+                                                         "description, hub id.")] = False,
 ) -> None:
     """Variants known to parity, with where their original checkpoint comes from. Ids are never shortened: the
     default fits 80 columns, --ids prints only the ids, --json everything."""
@@ -228,7 +229,8 @@ def _list_entry(recipe) -> dict:
     source = recipe.checkpoint
     return {"id": recipe.id, "family": recipe.family, "origin": recipe.origin, "tiny": recipe.tiny,
             "description": recipe.description, "hub_id": recipe.hub_id,
-            "checkpoint": source.model_dump(mode="json", exclude_none=True)}
+            "checkpoint": source.model_dump(mode="json", exclude_none=True),
+            "assets": [asset.model_dump(mode="json") for asset in recipe.spec.assets()]}
 
 
 def _id_column(table: Table, header: str, ids: list[str]) -> None:

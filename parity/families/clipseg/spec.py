@@ -53,8 +53,8 @@ class ClipTower(Strict):
 
     def source(self) -> AssetSource:
         """The openai archive as a checkpoint-like source: pinned, URLs in order, or the user's file."""
-        return AssetSource(name=OPENAI_TOWER_ASSET, description="OpenAI's CLIP ViT-B/16 archive (clip.load's ViT-B-16.pt)",
-                           filename="ViT-B-16.pt", sha256=self.sha256, urls=[self.url, *self.mirrors])
+        return AssetSource(name=OPENAI_TOWER_ASSET, filename="ViT-B-16.pt",
+                           description="OpenAI's CLIP ViT-B/16 archive (clip.load's ViT-B-16.pt)", sha256=self.sha256, urls=[self.url, *self.mirrors])
 
 
 class ClipSegSpec(FamilySpec):
