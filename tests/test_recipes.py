@@ -209,7 +209,7 @@ def test_clipseg_recipe_from_constructor_arguments(tmp_path):
                           (["extract_layers=[3, 12]"], "layer 12 is not one of the tower's layers"),
                           (["extra_blocks=1"], "extra_blocks=1: transformers' CLIPSeg has no equivalent"),
                           (["version=ViT-B/32"], "use ViT-B/16"),
-                          (["tower=relative/clip.pt"], "openai (the archive in the clipseg image), combined")):
+                          (["tower=relative/clip.pt"], "openai (OpenAI's ViT-B-16.pt, resolved like a checkpoint), combined")):
         command = ["recipe", "new", "clipseg", "--id", "x"] + [a for arg in args for a in ("--arg", arg)]
         assert message in error_line(parity(*command, check=2)), args
 

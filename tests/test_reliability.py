@@ -87,6 +87,12 @@ def staging_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """A suite started in the background by a script (`.ci/run &`) inherits SIGINT ignored, and Python then installs
+    no KeyboardInterrupt handler; a user's Ctrl-C reaches a CLI whose SIGINT is the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, stall: str | None = None, cwd: Path = ROOT) -> subprocess.Popen:
     """The CLI in the background (optionally stopping its step at a progress point)."""
     env = dict(os.environ, COLUMNS="200", TERM="dumb", NO_COLOR="1")
@@ -94,7 +100,8 @@ def start(*args: str, stall: str | None = None, cwd: Path = ROOT) -> subprocess.
     if stall:
         env[STALL_AT] = stall
     return subprocess.Popen([sys.executable, "-m", "parity.host.cli", *args], cwd=cwd, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_sigint_as_in_a_terminal)
 
 
 def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 240) -> None:
