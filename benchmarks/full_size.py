@@ -140,9 +140,11 @@ def load_average() -> float:
 
 
 def measure(label: str, argv: list[str], log: Path) -> Row:
-    """Run one process to the end; its own rusage (os.wait4) gives CPU time and peak RSS."""
+    """Run one process to the end; its own rusage (os.wait4) gives CPU time and peak RSS. Every row starts with no
+    dirty page left by the row before (os.sync), so no row's writes are slowed by another's writeback."""
     from parity.host.envs import env_vars
 
+    os.sync()
     before = load_average()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:

@@ -232,3 +232,158 @@ print(len(names))
 """
     manifest = json.loads((tiny_run / "dump" / "manifest.json").read_text())
     assert int(in_env("transformers", code).strip()) == len(manifest["references"])
+
+
+RESIDENT = """
+def resident(name):
+    total, current = 0, None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            current = fields[5] if len(fields) >= 6 else ""
+        elif fields[0] == "Rss:" and current.endswith(name):
+            total += int(fields[1]) * 1024
+    return total
+"""
+
+
+def test_weights_mapped_from_a_file_are_paged_per_module_and_compute_the_same(tmp_path):
+    """A model whose weights are mappings of a file holds none of their pages after a forward with paging attached
+    (and all of them after one without), computes bit-identical outputs, and still reads the file's bytes afterwards;
+    weights in anonymous memory or in a shared mapping are never registered, so they are never given back (which would
+    zero or write them)."""
+    code = MAPPED_FROM + RESIDENT + f"""
+import torch
+from pathlib import Path
+from parity.runtime.paging import PagedWeights
+from parity.runtime.tensorfile import TensorFile, save_tensors
+torch.manual_seed(0)
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.GELU(), torch.nn.LayerNorm(1024),
+                               torch.nn.Linear(1024, 512))
+anon = net().eval()
+path = Path({str(tmp_path / "w.safetensors")!r})
+save_tensors(path, anon.state_dict())
+with torch.device("meta"):
+    mapped = net().eval()
+file = TensorFile(path)
+mapped.load_state_dict({{k: file.tensor(k) for k in file.slots}}, assign=True)
+assert all(mapped_from(p).endswith("w.safetensors") for p in mapped.parameters())
+weight_bytes = sum(p.nbytes for p in mapped.parameters())
+x = torch.randn(4, 512)
+with torch.no_grad():
+    expected = anon(x)
+    unpaged = mapped(x)
+assert resident("w.safetensors") >= weight_bytes
+paged = PagedWeights(mapped).attach(mapped)
+assert len(paged.ranges) == 6 and paged.nbytes >= weight_bytes
+assert resident("w.safetensors") == 0
+seen = []
+mapped[0].register_forward_hook(lambda *_: seen.append(resident("w.safetensors")), prepend=True)
+with torch.no_grad():
+    out = mapped(x)
+assert resident("w.safetensors") == 0
+assert mapped[0].weight.nbytes <= seen[0] < weight_bytes
+assert torch.equal(out, expected) and torch.equal(unpaged, expected)
+assert all(torch.equal(a, b) for a, b in zip(mapped.state_dict().values(), anon.state_dict().values()))
+paged.remove()
+with torch.no_grad():
+    mapped(x)
+assert resident("w.safetensors") >= weight_bytes
+before = [t.clone() for t in anon.state_dict().values()]
+assert not PagedWeights(anon).ranges
+PagedWeights(anon).attach(anon)
+with torch.no_grad():
+    anon(x)
+assert all(torch.equal(a, b) for a, b in zip(before, anon.state_dict().values()))
+shared_path = Path({str(tmp_path / "shared.bin")!r})
+shared_path.write_bytes(anon[0].weight.detach().numpy().tobytes())
+shared = torch.nn.Linear(512, 1024, bias=False)
+shared.weight = torch.nn.Parameter(torch.from_file(str(shared_path), shared=True, size=512 * 1024).view(1024, 512))
+assert mapped_from(shared.weight).endswith("shared.bin") and not PagedWeights(shared).ranges
+print("ok")
+"""
+    assert in_env("transformers", code).strip() == "ok"
+
+
+def test_both_sides_page_full_size_weights_from_their_files(tiny_run, tmp_path):
+    """The SAM origin assigns the memory-mapped checkpoint's tensors (nothing copied into random ones) and the port's
+    converted weights are mappings of the dump, so each side can page every weight it loaded."""
+    origin_code = MAPPED_FROM + f"""
+import torch
+from pathlib import Path
+from parity.families.sam import origin
+from parity.host.registry import all_recipes
+from parity.runtime.paging import PagedWeights
+recipe = all_recipes()["sam-tiny-random"]
+checkpoint = Path({str(tmp_path / "sam.pth")!r})
+origin.generate_checkpoint(recipe, checkpoint)
+model, state = origin.load_original(recipe, checkpoint)
+loaded = torch.load(checkpoint, weights_only=True)
+assert all(torch.equal(state[k], v) for k, v in loaded.items()) and set(state) >= set(loaded)
+params = list(model.parameters())
+assert all(mapped_from(p) == str(checkpoint) for p in params)
+paged = PagedWeights(model)
+assert {{p.untyped_storage().data_ptr() for p in params}} <= set(paged.ranges)
+print("ok")
+"""
+    port_code = f"""
+from parity.port.driver import port_module
+from parity.port.dump import Dump
+from parity.port.model import build_converted_model
+from parity.runtime.paging import PagedWeights
+dump = Dump({str(tiny_run / "dump")!r})
+model, record = build_converted_model(port_module(dump.recipe), dump.recipe, dump.state_dict())
+renamed = [n for n, p in model.named_parameters() if p.untyped_storage().data_ptr() in PagedWeights(model).ranges]
+print(len(renamed), len(list(model.parameters())))
+"""
+    assert in_env("sam", origin_code).strip() == "ok"
+    paged, total = map(int, in_env("transformers", port_code).split())
+    assert paged >= 0.9 * total
+
+
+def test_one_unmapped_read_hashes_a_tensor_file_and_counts_nan_inf_per_tensor(tmp_path):
+    """The port's state-dict check reads the file once, in blocks that split tensors (forced small here), never
+    mapping it: the file's sha256, and NaN/Inf counted per tensor across block boundaries, as a whole-tensor count
+    gives; a file shorter than its header says is an error, not a partial count."""
+    code = MAPPED_FROM + f"""
+import torch
+from pathlib import Path
+from parity.contracts.errors import ParityError
+from parity.contracts.hashing import sha256_file
+from parity.runtime import tensorfile
+from parity.runtime.tensorfile import TensorFile, save_tensors
+from parity.runtime.tensors import NonfiniteTally
+tensorfile.SCAN_BLOCK = 64
+g = torch.Generator().manual_seed(0)
+a = torch.randn(100, generator=g); a[15] = a[16] = float("nan"); a[80] = float("inf")
+b = torch.randn(7, 9, generator=g).double(); b[6, 8] = float("-inf")
+c = torch.randn(33, generator=g).bfloat16(); c[0] = float("nan")
+tensors = {{"a": a, "b": b, "c": c, "finite": torch.randn(50, generator=g), "ids": torch.arange(40)}}
+path = Path({str(tmp_path / "s.safetensors")!r})
+save_tensors(path, tensors)
+tally, seen = NonfiniteTally(), []
+def each(name, block):
+    seen.append(name)
+    assert mapped_from(block) != str(path)
+    tally.add(name, block)
+assert TensorFile(path).scan(each) == sha256_file(path)
+assert seen.count("a") > 1
+whole = NonfiniteTally()
+for name, tensor in tensors.items():
+    whole.add(name, tensor)
+assert tally.found == whole.found == {{"a": (3, {{"nan", "inf"}}), "b": (1, {{"-inf"}}), "c": (1, {{"nan"}})}}
+big = NonfiniteTally()
+big.add("huge", torch.full((4,), 3e38))
+assert big.found == {{}}
+file = TensorFile(path)
+with open(path, "r+b") as fh:
+    fh.truncate(path.stat().st_size - 8)
+try:
+    file.scan()
+    raise SystemExit("a truncated file was scanned")
+except ParityError as exc:
+    assert "ends early" in str(exc)
+print("ok")
+"""
+    assert in_env("transformers", code).strip() == "ok"

@@ -30,16 +30,22 @@ def load_state_dict_file(path: Path, what: str = "checkpoint", *, mmap: bool = T
     return obj
 
 
-def check_strict_load(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def check_strict_load(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: Path, *,
+                      assign: bool = False) -> None:
     """Load like the original loader does (strict), but report missing/unexpected keys and shape mismatches (a
-    checkpoint of another variant) in one line."""
+    checkpoint of another variant) in one line.
+
+    assign: the checkpoint's own tensors become the model's (a memory-mapped checkpoint then stays file-backed, and
+    the randomly initialised tensors are freed instead of overwritten), when every dtype already matches the model's
+    (otherwise they are copied, converted to the model's dtypes as load_state_dict does)."""
     expected = module.state_dict()
     mismatched = [f"{k} {list(v.shape)} vs {list(expected[k].shape)}" for k, v in state_dict.items()
                   if k in expected and v.shape != expected[k].shape]
     if mismatched:
         raise ParityError(f"checkpoint {path} does not fit the original model (another variant?): shape mismatch "
                           f"(checkpoint vs model) {_short(mismatched)}")
-    result = module.load_state_dict(state_dict, strict=False)
+    assign = assign and all(v.dtype == expected[k].dtype for k, v in state_dict.items() if k in expected)
+    result = module.load_state_dict(state_dict, strict=False, assign=assign)
     problems = []
     if result.missing_keys:
         problems.append(f"missing keys {_short(result.missing_keys)}")

@@ -57,6 +57,7 @@ def dump(request: DumpRequest) -> DumpResponse:
     from parity.origin.capture import ModuleRecorder
     from parity.origin.dump import DumpWriter, file_entry
     from parity.origin.images import raw_images
+    from parity.runtime.paging import PagedWeights
     from parity.runtime.setup import environment_record, set_determinism
     from parity.runtime.tensorfile import spool_in
 
@@ -72,6 +73,9 @@ def dump(request: DumpRequest) -> DumpResponse:
         progress("re-exporting the loaded state dict")
         writer.write_state_dict(state_dict)
         del state_dict
+        paged = PagedWeights(model).attach(model)
+        if paged.ranges:
+            progress(paged.summary("checkpoint"))
         with tempfile.TemporaryDirectory(prefix=f"parity-step-{os.getpid()}-") as staging, spool_in(writer.staging):
             images, files = raw_images(recipe, Path(staging), request.fixtures)
             progress("running the original forward with captures")
@@ -80,6 +84,7 @@ def dump(request: DumpRequest) -> DumpResponse:
             try:
                 inputs, refs = origin.run_captures(recipe, model, images, request.device)
             finally:
+                paged.remove()
                 if recorder is not None:
                     recorder.remove()
             ckpt = file_entry(request.checkpoint)

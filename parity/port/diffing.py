@@ -3,6 +3,7 @@ the processor verdict."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from parity.contracts.report import (
 )
 from parity.contracts.tolerance import Tolerance, nonfinite_allowance, resolve, widenings
 from parity.port.dump import Dump
-from parity.runtime.tensors import to_numpy
+from parity.runtime.tensors import NonfiniteTally, to_numpy
 
 Captured = dict[str, tuple[str, torch.Tensor]]
 """{origin capture name: (port description, port tensor in the origin's layout)}."""
@@ -129,25 +130,20 @@ def processor_verdict(judge: Judge, family, recipe, processor, dump: Dump
     return ProcessorResult(processor=note["processor"], verdict=verdict, checks=results, note=note.get("note")), pairs
 
 
-def nonfinite_counts(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, set[str]]]:
+def nonfinite_counts(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, set[str]]]:
     """{name: (non-finite elements, which of nan / inf / -inf)} for every floating tensor holding any."""
-    found = {}
+    tally = NonfiniteTally()
     for name, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
-            continue
-        kinds = {kind for kind, mask in (("nan", torch.isnan(tensor)), ("inf", torch.isposinf(tensor)),
-                                         ("-inf", torch.isneginf(tensor))) if bool(mask.any())}
-        found[name] = (int(finite.numel() - finite.sum()), kinds)
-    return found
+        tally.add(name, tensor)
+    return tally.found
 
 
-def nonfinite_findings(judge: Judge, where: NonfiniteWhere, tensors: dict[str, torch.Tensor]) -> list[NonfiniteFinding]:
-    """NaN/Inf in a set of tensors (weights, dump inputs); declared only when the recipe allows every kind found."""
+def nonfinite_findings(judge: Judge, where: NonfiniteWhere, counts: dict[str, tuple[int, set[str]]]
+                       ) -> list[NonfiniteFinding]:
+    """NaN/Inf counted in a set of tensors (weights, dump inputs); declared only when the recipe allows every kind
+    found."""
     findings = []
-    for name, (count, kinds) in nonfinite_counts(tensors).items():
+    for name, (count, kinds) in counts.items():
         allowance = nonfinite_allowance(judge.policy, name)
         declared = allowance.reason if allowance and kinds <= set(allowance.values) else None
         findings.append(NonfiniteFinding(where=where, name=name, count=count, declared=declared))

@@ -23,6 +23,7 @@ from parity.port.diffing import (
     diff_captures,
     heatmap,
     judged_pairs,
+    nonfinite_counts,
     nonfinite_findings,
     processor_verdict,
 )
@@ -30,6 +31,7 @@ from parity.port.dump import Dump
 from parity.port.hooks import ModuleOutputs
 from parity.port.model import build_converted_model, conversion_record, load_existing, save_port
 from parity.port.pairing import diff_modules
+from parity.runtime.paging import PagedWeights, trim_heap
 from parity.runtime.protocol import progress
 from parity.runtime.setup import environment_record, set_determinism
 from parity.runtime.tensorfile import spool_in
@@ -114,15 +116,22 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
     try:
         if request.port is None:
             progress("converting the original state dict (strict accounting)")
-            state = dump.state_dict()
-            findings = nonfinite_findings(judge, "weight", state)
-            model, record = build_converted_model(family, recipe, state, request.mutate)
+            state, check = dump.read_state_dict()
+            try:
+                model, record = build_converted_model(family, recipe, state, request.mutate)
+            except Exception:
+                check.result()  # an edited state dict is the error to report, not what converting it did
+                raise
+            findings = nonfinite_findings(judge, "weight", check.result())
             if model is None:
                 raise ParityError(record.error_line())
+            paged = PagedWeights(model).attach(model)
+            if paged.ranges:
+                progress(paged.summary("dump"))
         else:
             model = load_existing(recipe, request.local_port() or request.port)
-            findings = nonfinite_findings(judge, "weight", model.state_dict())
-        findings += nonfinite_findings(judge, "input", dump.inputs)
+            findings = nonfinite_findings(judge, "weight", nonfinite_counts(model.state_dict()))
+        findings += nonfinite_findings(judge, "input", nonfinite_counts(dump.inputs))
         durations["convert"] = time.perf_counter() - started
         progress("running the port on the origin's inputs")
         t0 = time.perf_counter()
@@ -153,6 +162,8 @@ def _report(request: PortRequest, dump: Dump, family: PortModule, judge: Judge, 
                               heatmap=heatmap(dump, captured, results), processor=processor_result,
                               conversion=record if request.port is None else None, nonfinite=findings,
                               tolerance_widened=widened, **extra)
+        del captured  # its spool mappings, read by the comparisons, would stay resident while the weights are saved
+        trim_heap()
         if request.save and request.port is None and request.mutate is None:
             progress("saving the converted model (save_pretrained)")
             t0 = time.perf_counter()

@@ -7,6 +7,7 @@ each time it is read; module outputs (--all-modules) when they are read."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from parity.contracts.io import load_model
 from parity.contracts.manifests import DumpManifest, TensorEntry
 from parity.contracts.recipe import Recipe
 from parity.runtime.tensorfile import TensorFile
+from parity.runtime.tensors import NonfiniteTally
 
 
 class TensorFileView(Mapping[str, torch.Tensor]):
@@ -39,6 +41,32 @@ class TensorFileView(Mapping[str, torch.Tensor]):
 
     def __contains__(self, name: object) -> bool:
         return name in self.names
+
+
+class StateDictCheck:
+    """A state dict file read once in a background thread (hashing and the NaN/Inf counts release the GIL)."""
+
+    def __init__(self, file: TensorFile, sha256: str):
+        self.file, self.sha256 = file, sha256
+        self.tally = NonfiniteTally()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._scan, name="state-dict-check", daemon=True)
+        self._thread.start()
+
+    def _scan(self) -> None:
+        try:
+            if self.file.scan(self.tally.add) != self.sha256:
+                raise ParityError(f"{self.file.path} does not match the sha256 in its manifest (edited or corrupted "
+                                  "dump)")
+        except Exception as exc:  # re-raised in the thread that waits for it
+            self._error = exc
+
+    def result(self) -> dict[str, tuple[int, set[str]]]:
+        """Waits for the read; the NaN/Inf counts per tensor, or the error if the file is not the one dumped."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.tally.found
 
 
 class Dump:
@@ -74,11 +102,18 @@ class Dump:
     def state_dict(self) -> TensorFileView:
         """The re-exported original state dict, checked against the manifest's file hash; each tensor is mapped from
         the file when the conversion reaches it (renamed tensors stay file-backed, nothing is copied)."""
+        state, check = self.read_state_dict()
+        check.result()
+        return state
+
+    def read_state_dict(self) -> tuple[TensorFileView, StateDictCheck]:
+        """The state dict at once, and its check running meanwhile (conversion needs no checked byte until the port
+        runs): one unmapped read of the file, hashed against the manifest, NaN/Inf counted per tensor."""
         path = self.folder / "state_dict.safetensors"
-        if not path.is_file() or sha256_file(path) != self.manifest.state_dict.sha256:
+        if not path.is_file():
             raise ParityError(f"{path} does not match the sha256 in its manifest (edited or corrupted dump)")
         tensors = TensorFile(path)
-        return TensorFileView(tensors, list(tensors.slots))
+        return TensorFileView(tensors, list(tensors.slots)), StateDictCheck(tensors, self.manifest.state_dict.sha256)
 
     def module_outputs(self) -> TensorFileView:
         """--all-modules: the origin's first output of every module, hash-checked."""

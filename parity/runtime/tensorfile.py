@@ -36,6 +36,8 @@ DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 ITEMSIZE = {name: torch.empty((), dtype=dtype).element_size() for name, dtype in DTYPES.items()}
 BLOCK = 1 << 24
 """Bytes per read when hashing or copying (16 MiB)."""
+SCAN_BLOCK = 1 << 26
+"""Bytes per read when a whole file is scanned in a background thread (64 MiB: few hand-overs of the GIL)."""
 MAX_HEADER = 1 << 28
 """A header longer than this is a damaged file, not a real one."""
 
@@ -191,6 +193,25 @@ class TensorFile:
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor mapped from its own byte range (nothing read until touched)."""
         return map_slot(self.path, self.slots[name], self.data_start)
+
+    def scan(self, each: Callable[[str, torch.Tensor], None] | None = None) -> str:
+        """sha256 of the whole file, read once from start to end without mapping it (nothing stays resident); `each`
+        is handed every tensor's values on the way, a block at a time (1-d, its own dtype), e.g. to count NaN/Inf."""
+        digest = hashlib.sha256()
+        buffer = memoryview(bytearray(SCAN_BLOCK))
+        with open(self.path, "rb") as fh:
+            digest.update(fh.read(self.data_start))
+            for slot in sorted(self.slots.values(), key=lambda s: s.begin):
+                remaining = slot.nbytes
+                while remaining:
+                    got = fh.readinto(buffer[:min(SCAN_BLOCK, remaining)])
+                    if got != min(SCAN_BLOCK, remaining):
+                        raise ParityError(f"{self.path} ends early (truncated?)")
+                    digest.update(buffer[:got])
+                    if each is not None:
+                        each(slot.name, torch.frombuffer(buffer[:got], dtype=DTYPES[slot.dtype]))
+                    remaining -= got
+        return digest.hexdigest()
 
     def sha256(self, name: str) -> str:
         """sha256 of the tensor's raw bytes, read from the file (never mapped, so nothing stays resident)."""

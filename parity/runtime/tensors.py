@@ -46,3 +46,22 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if tensor.dtype in (torch.bfloat16, torch.float16):
         tensor = tensor.float()
     return tensor.numpy()
+
+
+class NonfiniteTally:
+    """NaN/Inf per tensor, counted a piece at a time (a tensor may arrive in blocks, as read from a file)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[int, set[str]]] = {}
+        """{name: (non-finite elements, which of nan / inf / -inf)} for every tensor holding any."""
+
+    def add(self, name: str, values: torch.Tensor) -> None:
+        if not values.is_floating_point() or bool(torch.isfinite(values.sum())):
+            return  # a finite sum has no NaN/Inf among its terms (one pass, no mask)
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        count, kinds = self.found.get(name, (0, set()))
+        kinds = kinds | {kind for kind, mask in (("nan", torch.isnan(values)), ("inf", torch.isposinf(values)),
+                                                 ("-inf", torch.isneginf(values))) if bool(mask.any())}
+        self.found[name] = (count + int(finite.numel() - finite.sum()), kinds)

@@ -1,9 +1,10 @@
 """SAM origin side: runs the ORIGINAL segment-anything code (PyPI segment-anything==1.0) in the `sam` environment.
 
-Builds the original Sam from the recipe's constructor arguments, loads checkpoints as build_sam does (strict), runs
-the original preprocessing (ResizeLongestSide + Sam.preprocess) on a raw image, encodes it once, prompts it through
-`Sam.forward` and `SamPredictor.predict_torch`, and records activations in execution order through forward hooks and
-wrappers on instance methods; upstream code is never modified.
+Builds the original Sam from the recipe's constructor arguments, loads checkpoints as build_sam does (strict; the file
+memory-mapped and its tensors assigned, so the weights can be paged per module), runs the original preprocessing
+(ResizeLongestSide + Sam.preprocess) on a raw image, encodes it once, prompts it through `Sam.forward` and
+`SamPredictor.predict_torch`, and records activations in execution order through forward hooks and wrappers on
+instance methods; upstream code is never modified.
 """
 
 from __future__ import annotations
@@ -106,10 +107,12 @@ def generate_checkpoint(recipe: Recipe, path: Path) -> None:
 
 
 def load_original(recipe: Recipe, checkpoint: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """build_sam's loader: build, then load_state_dict strictly; returns the model and its state dict."""
+    """build_sam's loader: build, then load_state_dict strictly; returns the model and its state dict. The checkpoint
+    is memory-mapped and its tensors assigned (not copied into the random ones), so the weights stay file-backed and
+    can be paged per module (parity.runtime.paging)."""
     model = build_original(recipe.original_config)
     state_dict = load_state_dict_file(checkpoint)
-    check_strict_load(model, state_dict, checkpoint)
+    check_strict_load(model, state_dict, checkpoint, assign=True)
     return model, model.state_dict()
 
 
