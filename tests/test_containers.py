@@ -190,13 +190,14 @@ class FakeContainer:
 class FakeClient:
     """Records what the backend asks the engine for."""
 
-    def __init__(self, present=(), exit_code=0, lines=("parity-progress: working",), response=None):
+    def __init__(self, present=(), exit_code=0, lines=("parity-progress: working",), response=None, build_chunks=None):
         import docker.errors
 
         if response is not None:
             lines = (*lines, f"parity-response: {response.model_dump_json()}")
         self.errors, self.present, self.exit_code, self.lines = docker.errors, set(present), exit_code, lines
         self.created, self.builds = [], []
+        self.build_chunks = build_chunks or [{"stream": "Step 1/1"}]
         outer = self
 
         class Images:
@@ -208,7 +209,7 @@ class FakeClient:
             def build(self, **spec):
                 outer.builds.append(spec)
                 outer.present.add(spec["tag"])
-                return iter([{"stream": "Step 1/1"}])
+                return iter(outer.build_chunks)
 
             def inspect_container(self, container_id):
                 return {"State": {"Running": False, "ExitCode": outer.exit_code}}
@@ -304,6 +305,27 @@ def test_failed_step_raises_its_one_line_error_and_removes_the_container(tmp_pat
     with pytest.raises(ParityError, match="not a readable torch file"):
         DockerBackend(client=client).run("sam", request, log=tmp_path / "log", on_progress=lambda _m: None)
     assert client.created[0].removed
+
+
+def test_a_build_that_failed_on_certificates_names_the_cause_and_the_remedy(images_copy):
+    """pip behind an intercepting proxy without its CA reports "no matching distribution"; the error must say why."""
+    environ = {"PARITY_CA_BUNDLE": "none"}
+    pip_lines = [{"stream": "Step 3/9 : RUN pip install -r requirements.txt\n"},
+                 {"stream": "WARNING: Retrying after connection broken by 'SSLError(SSLCertVerificationError(1, "
+                            "'[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed'))': /simple/torch/\n"},
+                 {"stream": "ERROR: No matching distribution found for torch==2.14.1\n"},
+                 {"error": "The command '/bin/sh -c pip install' returned a non-zero code: 1"}]
+    with pytest.raises(img.ImageError) as failed:
+        img.build(["base"], FakeClient(build_chunks=pip_lines), root=images_copy, environ=environ,
+                  on_line=lambda _l: None)
+    message = str(failed.value)
+    assert "\n" not in message and "No matching distribution found for torch==2.14.1" in message
+    assert "TLS certificates could not be verified" in message and "scripts/build-images.sh" in message
+
+    other = [pip_lines[0], pip_lines[2], pip_lines[3]]
+    with pytest.raises(img.ImageError) as failed:
+        img.build(["base"], FakeClient(build_chunks=other), root=images_copy, environ=environ, on_line=lambda _l: None)
+    assert "No matching distribution" in str(failed.value) and "TLS" not in str(failed.value)
 
 
 def test_absent_engine_is_a_one_line_error(tmp_path, monkeypatch):

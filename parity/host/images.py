@@ -67,6 +67,11 @@ CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDL
 BUILDER_BOOKKEEPING = re.compile(r"^(Step \d+/\d+ : | ---> |Removing intermediate container |Successfully )")
 """The classic builder's own lines; a failed build's error names the last other line (what the failing step said)."""
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+CERTIFICATE_FAILURE = "CERTIFICATE_VERIFY_FAILED"
+CERTIFICATE_HINT = ("TLS certificates could not be verified inside the build: behind a TLS-intercepting proxy, point "
+                    "PIP_CERT or SSL_CERT_FILE at the host's CA bundle and run scripts/build-images.sh on the host "
+                    "once (it writes images/ca/host-ca.crt, which docker compose builds and runs read)")
+"""A pip that cannot verify the proxy's certificate fails with "no matching distribution": the error names the cause."""
 
 
 class ImageError(ParityError):
@@ -375,13 +380,15 @@ def build(envs: Iterable[str], client: Any, *, root: Path = ROOT, environ: Mappi
         on_line(f"{tag}: building images/{env}/Dockerfile")
         start = time.monotonic()
         last = ""
+        certificate_failed = False
         try:
             for chunk in client.api.build(**spec):
                 if "error" in chunk:
                     error = chunk["error"].strip().splitlines()[-1]
-                    raise ImageError(f"building {tag} failed: {last} ({error})" if last else
-                                     f"building {tag} failed: {error}")
+                    message = f"building {tag} failed: {last} ({error})" if last else f"building {tag} failed: {error}"
+                    raise ImageError(f"{message}; {CERTIFICATE_HINT}" if certificate_failed else message)
                 for line in ANSI_ESCAPE.sub("", str(chunk.get("stream", ""))).splitlines():
+                    certificate_failed = certificate_failed or CERTIFICATE_FAILURE in line
                     if line.strip():
                         if not BUILDER_BOOKKEEPING.match(line):
                             last = line.strip()
